@@ -1,0 +1,67 @@
+"""The lab hosts behave like real servers: own address, systemd, sshd, sudo, names."""
+import pytest
+import testinfra
+
+from deploy.lab import procs, runtime
+
+
+def test_every_host_runs_systemd_and_sshd(lab_hosts):
+    for name, host in lab_hosts.items():
+        assert host.check_output("hostname") == name
+        assert host.run("systemctl is-system-running").stdout.strip() == "running", name
+        assert host.service("ssh").is_running
+        assert host.user().name == "deploy"
+
+
+def test_each_host_has_its_own_root_and_address(lab, lab_hosts):
+    ids = {host.file("/etc/machine-id").content_string.strip() for host in lab_hosts.values()}
+    assert len(ids) == len(lab_hosts)
+    for h in lab.hosts():
+        assert h.address in lab_hosts[h.name].check_output("ip -o -4 addr show dev host0")
+
+
+def test_hosts_resolve_each_other_by_name(lab, lab_hosts):
+    for host in lab_hosts.values():
+        for other in lab.hosts():
+            assert host.check_output(f"getent hosts {other.name}").split()[0] == other.address
+
+
+def test_deploy_user_has_passwordless_sudo(lab_hosts):
+    for host in lab_hosts.values():
+        assert host.run("sudo -n id -u").stdout.strip() == "0"
+
+
+def test_no_route_out_but_the_package_proxy(lab, lab_hosts):
+    host = lab_hosts["node1"]
+    assert "default" not in host.check_output("ip route")
+    apt = host.run(f"sudo -n apt-get -o Acquire::http::Proxy={lab.proxy_url} "
+                   "-o Acquire::Retries=0 update")
+    assert apt.rc == 0, apt.stderr
+    # The proxy refuses anything but Debian's archive.
+    denied = host.run(f"python3 -c \"import urllib.request as u; "
+                      f"u.install_opener(u.build_opener(u.ProxyHandler({{'http': '{lab.proxy_url}'}}))); "
+                      f"u.urlopen('http://pypi.org/simple/', timeout=5)\"")
+    assert denied.rc != 0 and "403" in denied.stderr
+
+
+def test_up_again_changes_nothing(lab):
+    before = runtime.load_state(lab)["hosts"]
+    assert set(runtime.up(lab).values()) == {"unchanged"}
+    assert runtime.load_state(lab)["hosts"] == before
+
+
+def test_stop_and_start_one_host(lab, lab_hosts):
+    runtime.stop_one(lab, "node3")
+    states = {name: st for name, _, st in runtime.status(lab)}
+    assert states == {"node1": "running", "node2": "running", "node3": "stopped"}
+    assert not procs.link_exists(lab.host(3).veth)
+    assert runtime.start_one(lab, "node3") == "started"
+    # The old SSH session died with the host: connect afresh.
+    fresh = testinfra.get_host(f"paramiko://deploy@{lab.host(3).address}",
+                                               ssh_identity_file=str(lab.key_path))
+    assert fresh.run("systemctl is-system-running").stdout.strip() == "running"
+
+
+def test_unknown_host_is_a_clear_error(lab):
+    with pytest.raises(runtime.LabError, match="no host named 'node9'"):
+        runtime.stop_one(lab, "node9")
