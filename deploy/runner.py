@@ -1,0 +1,62 @@
+"""`fab deploy`: connect, lock, run the stages in order, report per host."""
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from . import lock
+from .context import Ctx
+from .engine import Engine, say
+from .stages import base, redis
+from .transport import Session
+
+STAGES = [base, redis]
+
+
+class Unreachable(RuntimeError):
+    pass
+
+
+def connect_all(inv, dry_run: bool) -> dict[str, Session]:
+    sessions = {h.name: Session(h, dry_run) for h in inv.hosts}
+
+    def connect(s: Session):
+        try:
+            s.connection()
+            return None
+        except Exception as exc:
+            return f"{s.name} ({s.host.ssh.user}@{s.host.address}:{s.host.ssh.port}): {exc}"
+
+    with ThreadPoolExecutor(max_workers=len(sessions)) as pool:
+        errors = [e for e in pool.map(connect, sessions.values()) if e]
+    if errors:
+        for s in sessions.values():
+            s.close()
+        raise Unreachable("cannot reach:\n  " + "\n  ".join(errors))
+    return sessions
+
+
+def deploy(inv, dry_run: bool = False, stages=None) -> Engine:
+    t0 = time.monotonic()
+    ctx = Ctx(inv, dry_run)
+    sessions = connect_all(inv, dry_run)
+    engine = Engine(sessions, dry_run)
+    try:
+        if not dry_run:
+            lock.acquire_all(list(sessions.values()), lock.owner_line())
+        try:
+            for stage in stages or STAGES:
+                stage.run(ctx, engine)
+                if engine.failed:
+                    break
+        finally:
+            if not dry_run:
+                lock.release_all(list(sessions.values()))
+    finally:
+        for s in sessions.values():
+            s.close()
+    engine.elapsed = time.monotonic() - t0
+    say(("\nDRY RUN: nothing was changed.\n" if dry_run else "\n") + engine.summary())
+    say(f"{'planned' if dry_run else 'deployed'} in {engine.elapsed:.1f}s, SSH round trips: " +
+        ", ".join(f"{n} {s.round_trips}" for n, s in sessions.items()))
+    return engine

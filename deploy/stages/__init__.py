@@ -1,0 +1,1 @@
+"""Deploy stages, in order. Each module exposes `run(ctx, engine)` and decides per host."""

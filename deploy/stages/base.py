@@ -1,0 +1,78 @@
+"""Base stage, every host: names of all inventory hosts in /etc/hosts, the apt proxy,
+the packages the host's roles need (one apt transaction), and the service users."""
+from __future__ import annotations
+
+from .. import commands as C
+from .. import facts as F
+from ..context import Ctx
+from ..engine import Change, Engine, apply_plan
+from ..files import managed
+from ..ops import file_changes, package_changes, user_changes
+
+PROXY_CONF = "/etc/apt/apt.conf.d/80celery-kit-proxy"
+BEGIN = "# BEGIN celery-kit: inventory hosts (managed, edits here are overwritten)"
+END = "# END celery-kit"
+
+PACKAGES = {
+    "rabbitmq": ["rabbitmq-server"],
+    "redis": ["redis-server"],
+    "worker": ["python3-venv"],
+    "beat": ["python3-venv"],
+    "flower": ["python3-venv", "nginx-light", "openssl"],
+}
+USERS = {"worker": {"celery": "/var/lib/celery"}, "beat": {"celery": "/var/lib/celery"},
+         "flower": {"flower": "/var/lib/flower"}}
+
+
+def packages_for(host) -> list[str]:
+    return sorted({p for role in host.roles for p in PACKAGES[role]})
+
+
+def users_for(host) -> dict[str, str]:
+    out = {}
+    for role in host.roles:
+        out.update(USERS.get(role, {}))
+    return out
+
+
+def hosts_file(current: str, inv) -> str:
+    """Pure: /etc/hosts with the kit's block (every inventory host) replaced or appended.
+    RabbitMQ node names are rabbit@<hostname>, so every node must resolve every other."""
+    block = [BEGIN] + [f"{h.address}\t{h.name}" for h in inv.hosts] + [END]
+    lines = current.splitlines()
+    if BEGIN in lines and END in lines:
+        i, j = lines.index(BEGIN), lines.index(END)
+        lines[i:j + 1] = block
+    else:
+        # Names must not also resolve elsewhere first (e.g. Debian's 127.0.1.1 <hostname>).
+        names = {h.name for h in inv.hosts}
+        lines = [l for l in lines if not (l.startswith("127.0.1.1") and set(l.split()[1:]) & names)]
+        lines += block
+    return "\n".join(lines) + "\n"
+
+
+def proxy_conf(url: str) -> str:
+    return f'Acquire::http::Proxy "{url}";\n'
+
+
+def run(ctx: Ctx, engine: Engine) -> None:
+    inv = ctx.inv
+
+    def one(s, report):
+        host = s.host
+        pkgs, users = packages_for(host), users_for(host)
+        facts = s.gather([F.files([PROXY_CONF]), F.packages(pkgs), F.users(list(users) or ["root"]),
+                          F.file_content("hosts", "/etc/hosts")])
+        plan: list[Change] = []
+        wanted_hosts = hosts_file(facts["hosts"] or "", inv)
+        if wanted_hosts != facts["hosts"]:
+            plan.append(Change("file /etc/hosts", file=managed("/etc/hosts", wanted_hosts)))
+        if inv.apt.proxy:
+            plan += file_changes([managed(PROXY_CONF, proxy_conf(inv.apt.proxy))], facts["files"])
+        elif PROXY_CONF in facts["files"]:
+            plan.append(Change(f"remove {PROXY_CONF}", [C.cmd("rm", "-f", PROXY_CONF)]))
+        plan += package_changes(pkgs, facts["packages"])
+        plan += user_changes(users, facts["users"])
+        apply_plan(s, plan, report, "base")
+
+    engine.stage("base", [h.name for h in inv.hosts], one)
