@@ -41,9 +41,9 @@ def cmd(*argv: str, sudo: bool = True, stdin: bytes | str | None = None,
     return Cmd(tuple(str(a) for a in argv), sudo, stdin, tuple(sorted((env or {}).items())))
 
 
-def sh(script: str, sudo: bool = True, stdin: bytes | str | None = None) -> Cmd:
-    """A fixed shell snippet. Only for kit-authored scripts; data goes in as quoted args."""
-    return cmd("sh", "-c", script, sudo=sudo, stdin=stdin)
+def sh(script: str, *args: str, sudo: bool = True, stdin: bytes | str | None = None) -> Cmd:
+    """A fixed shell snippet. Only for kit-authored scripts; data goes in as args ($1...)."""
+    return cmd("sh", "-c", script, "sh", *args, sudo=sudo, stdin=stdin)
 
 
 # Secret masking -----------------------------------------------------------------

@@ -7,10 +7,10 @@ from concurrent.futures import ThreadPoolExecutor
 from . import lock
 from .context import Ctx
 from .engine import Engine, say
-from .stages import base, redis
+from .stages import base, rabbitmq, redis
 from .transport import Session
 
-STAGES = [base, redis]
+STAGES = [base, rabbitmq, redis]
 
 
 class Unreachable(RuntimeError):

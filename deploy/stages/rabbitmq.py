@@ -1,0 +1,127 @@
+"""RabbitMQ cluster: config and cookie on every node (parallel), then nodes started or
+restarted one at a time with a readiness check and joined if needed (serial), then the
+cluster-level objects on the first node: vhost, users, permissions, HA policy."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .. import commands as C
+from .. import facts as F
+from .. import rabbitmq_model as M
+from ..context import Ctx
+from ..engine import Change, DeployFailed, Engine, apply_plan, say
+from ..files import from_template, managed
+from ..ops import file_changes
+
+UNIT = "rabbitmq-server.service"
+COOKIE = "/var/lib/rabbitmq/.erlang.cookie"
+STATE_SCRIPT = (Path(__file__).resolve().parents[1] / "hostscripts" / "rabbitmq_state.py").read_text()
+
+
+def node_files(ctx: Ctx, host) -> list:
+    inv = ctx.inv
+    nodes = [h.name for h in inv.with_role("rabbitmq")]
+    conf = {"nodes": nodes, "rabbitmq": inv.rabbitmq, "consumer_timeout_ms": M.consumer_timeout_ms(inv)}
+    cookie = ctx.secret("erlang_cookie", 48).reveal()
+    owner = dict(owner="rabbitmq", group="rabbitmq")
+    return [
+        from_template("/etc/rabbitmq/rabbitmq.conf", "rabbitmq.conf.j2", conf, mode=0o640, **owner),
+        from_template("/etc/rabbitmq/rabbitmq-env.conf", "rabbitmq-env.conf.j2", {"host": host},
+                      mode=0o644, **owner),
+        managed("/etc/rabbitmq/enabled_plugins", "[rabbitmq_management,rabbitmq_prometheus].\n",
+                mode=0o644, **owner),
+        # The same cookie on every node is what lets them talk; root's copy is for the CLI.
+        managed(COOKIE, cookie, mode=0o400, secret=True, **owner),
+        managed("/root/.erlang.cookie", cookie, mode=0o400, secret=True),
+    ]
+
+
+def await_node() -> list[C.Cmd]:
+    return [M.ctl("await_startup", "--timeout", "300")]
+
+
+def state_cmd(ctx: Ctx) -> C.Cmd:
+    r = ctx.inv.rabbitmq
+    pw = ctx.secret("rabbitmq_admin_password").reveal() + "\n" + ctx.secret("rabbitmq_app_password").reveal()
+    return C.cmd("python3", "-c", STATE_SCRIPT, r.admin_user, r.app_user, str(r.management_port),
+                 r.vhost, sudo=False, stdin=pw)
+
+
+def read_state(ctx: Ctx, s) -> dict:
+    res = s.read(state_cmd(ctx), check=False)
+    try:
+        return json.loads(res.stdout)
+    except ValueError:
+        return {"ok": False, "error": res.stderr[-300:]}
+
+
+def join_if_alone(s, seed: str, me: str) -> list[Change]:
+    """A node that came up outside the cluster (an earlier standalone start) is reset and
+    joined to the seed. Reads cluster_status as JSON."""
+    res = s.read(M.ctl("cluster_status", "--formatter", "json"), check=False)
+    status = F.parse_json(res.stdout, res.rc) or {}
+    members = set(status.get("disk_nodes", [])) | set(status.get("running_nodes", []))
+    if f"rabbit@{seed}" in members or me == seed:
+        return []
+    return [Change(f"join cluster via rabbit@{seed}",
+                   [M.ctl("stop_app"), M.ctl("reset"), M.ctl("join_cluster", f"rabbit@{seed}"),
+                    M.ctl("start_app")] + await_node())]
+
+
+def run(ctx: Ctx, engine: Engine) -> None:
+    inv = ctx.inv
+    hosts = [h.name for h in inv.with_role("rabbitmq")]
+    if not hosts:
+        return
+    warning = M.size_warning(len(hosts))
+    if warning:
+        say(f"  WARNING: {warning}")
+    seed = hosts[0]
+    changed_files: dict[str, bool] = {}
+
+    def files(s, report):
+        wanted = node_files(ctx, s.host)
+        facts = s.gather([F.files([f.path for f in wanted]), F.packages(["rabbitmq-server"]),
+                          F.units([UNIT])])
+        problem = M.version_problem(inv, facts["packages"].get("rabbitmq-server"))
+        if problem:
+            raise DeployFailed(problem)
+        plan = file_changes(wanted, facts["files"])
+        changed_files[s.name] = bool(plan)
+        apply_plan(s, plan, report, "rabbitmq")
+
+    engine.stage("rabbitmq config", hosts, files)
+    # Cluster membership as the seed's management API sees it (cheap); when it shows every
+    # node running, nodes without changed files need no per-node check at all.
+    cluster = read_state(ctx, engine.sessions[seed]) if not engine.failed else {}
+    running = {n["name"] for n in cluster.get("nodes", []) if n.get("running")}
+
+    def node(s, report):
+        unit = s.gather([F.units([UNIT])])["units"].get(UNIT, {})
+        active = unit.get("ActiveState") == "active"
+        plan: list[Change] = []
+        if unit.get("UnitFileState") != "enabled":
+            plan.append(Change(f"enable {UNIT}", [C.systemctl("enable", UNIT)]))
+        if not active:
+            plan.append(Change(f"start {UNIT}", [C.systemctl("start", UNIT)] + await_node()))
+        elif changed_files.get(s.name):
+            # Rolling: this node only; the others keep serving. Mirrors must be in sync
+            # first, or stopping this node could lose the only up-to-date copy.
+            plan.append(Change(f"restart {UNIT} (config changed)",
+                               [C.sh("rabbitmq-upgrade await_online_synchronized_mirror --timeout 120 "
+                                     "|| true"), C.systemctl("restart", UNIT)] + await_node()))
+        apply_plan(s, plan, report, "rabbitmq")
+        if not s.dry_run and (plan or f"rabbit@{s.name}" not in running):
+            apply_plan(s, join_if_alone(s, seed, s.name), report, "rabbitmq")
+
+    engine.stage("rabbitmq nodes", hosts, node, serial=True)
+
+    def objects(s, report):
+        # Users and policies do not change with restarts: the earlier read is still good.
+        state = cluster if cluster.get("ok") else read_state(ctx, s)
+        plan = M.cluster_plan(inv, state, ctx.secret("rabbitmq_admin_password").reveal(),
+                              ctx.secret("rabbitmq_app_password").reveal(), len(hosts))
+        apply_plan(s, plan, report, "rabbitmq")
+
+    engine.stage("rabbitmq vhost, users, policy", [seed], objects)
