@@ -88,7 +88,8 @@ def install_file(staged: str, path: str, owner: str, group: str, mode: int) -> C
     """Install a staged upload atomically: copy next to the target with owner and mode,
     then rename over it (a reader never sees a half-written file)."""
     tmp = path + ".ck-new"
-    return cmd("sh", "-c", 'install -o "$1" -g "$2" -m "$3" "$4" "$5" && mv -f "$5" "$6" && rm -f "$4"',
+    return cmd("sh", "-c", 'mkdir -p "${6%/*}" && install -o "$1" -g "$2" -m "$3" "$4" "$5" && '
+               'mv -f "$5" "$6" && rm -f "$4"',
                "install-file", owner, group, f"{mode:04o}", staged, tmp, path)
 
 

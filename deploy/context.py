@@ -1,7 +1,7 @@
 """What every stage gets: the validated inventory, the secrets, the flags."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 from .secrets import Secret, SecretStore
@@ -11,6 +11,8 @@ from .secrets import Secret, SecretStore
 class Ctx:
     inv: object                      # inventory.Inventory
     dry_run: bool = False
+    release: dict = field(default_factory=dict)    # host -> release id it should run
+    switched: dict = field(default_factory=dict)   # host -> `current` moved this deploy
 
     @cached_property
     def secrets(self) -> SecretStore:

@@ -7,10 +7,10 @@ from concurrent.futures import ThreadPoolExecutor
 from . import lock
 from .context import Ctx
 from .engine import Engine, say
-from .stages import base, rabbitmq, redis
+from .stages import base, rabbitmq, redis, release, workers
 from .transport import Session
 
-STAGES = [base, rabbitmq, redis]
+STAGES = [base, rabbitmq, redis, release, workers]
 
 
 class Unreachable(RuntimeError):

@@ -1,0 +1,50 @@
+"""Tasks. `add` is the classic; the others exist for operating and testing the cluster."""
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+from .celery import app
+
+
+@app.task
+def add(x, y):
+    return x + y
+
+
+@app.task
+def noop():
+    return None
+
+
+@app.task
+def sleep(seconds):
+    """Runs for `seconds`: for shutdown and rollout tests (tasks must finish, not die)."""
+    time.sleep(float(seconds))
+    return {"slept": seconds, "host": socket.gethostname()}
+
+
+@app.task
+def fail(message="failed on purpose"):
+    raise RuntimeError(message)
+
+
+@app.task(bind=True)
+def record_id(self, tag=None):
+    """Returns who ran it: for accounting of lost or duplicated tasks."""
+    return {"id": self.request.id, "tag": tag, "hostname": self.request.hostname,
+            "host": socket.gethostname(), "release": release_id()}
+
+
+@app.task
+def release():
+    return release_id()
+
+
+def release_id() -> str:
+    """The release this worker runs: releases/<id>/venv is sys.prefix."""
+    marker = Path(sys.prefix).parent / "RELEASE"
+    return marker.read_text().strip() if marker.exists() else os.environ.get("CELERYKIT_RELEASE", "dev")
