@@ -1,6 +1,8 @@
-"""Entry points of the kit. Thin on purpose: build the inventory, call deploy.*."""
+"""Entry points of the kit. Thin on purpose: tasks live in deploy/ and load the inventory."""
 from invoke import Collection
 
+from deploy import tasks
 from deploy.lab.tasks import lab
 
-ns = Collection(lab)
+ns = Collection(lab, tasks.rabbitmq, tasks.deploy, tasks.scale_workers, tasks.rollback,
+                tasks.client_env, tasks.status, tasks.flower, tasks.verify, tasks.unlock)

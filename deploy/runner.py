@@ -17,8 +17,8 @@ class Unreachable(RuntimeError):
     pass
 
 
-def connect_all(inv, dry_run: bool) -> dict[str, Session]:
-    sessions = {h.name: Session(h, dry_run) for h in inv.hosts}
+def connect_all(inv, dry_run: bool, only: list[str] | None = None) -> dict[str, Session]:
+    sessions = {h.name: Session(h, dry_run) for h in inv.hosts if only is None or h.name in only}
 
     def connect(s: Session):
         try:

@@ -136,10 +136,10 @@ def switch_cmd(rid: str) -> C.Cmd:
                 f"{RELEASES}/{rid}")
 
 
-def run(ctx: Ctx, engine: Engine) -> None:
+def run(ctx: Ctx, engine: Engine, only: set[str] | None = None) -> None:
     wanted_release = ctx.release
     inv = ctx.inv
-    hosts = [h.name for h in app_hosts(inv)]
+    hosts = [h.name for h in app_hosts(inv) if only is None or h.name in only]
 
     def one(s, report):
         host = s.host

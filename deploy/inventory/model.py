@@ -1,0 +1,292 @@
+"""The inventory as immutable values: what the rest of the kit reads instead of raw YAML.
+
+Everything is a frozen dataclass holding tuples and frozensets, so a loaded inventory can be
+shared between tasks (and used as a dict key or cache key) without anyone changing it under
+another's feet. Each field that the YAML file sets declares, next to its default, the kind of
+value it takes and the rules that value must meet (see setting()); validate.py enforces them, so
+a default and its rule cannot drift apart.
+"""
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+ROLES = ("rabbitmq", "redis", "worker", "beat", "flower")
+Check = Callable[[Any], "str | None"]     # None when the value is fine, else what is wrong
+
+
+class InventoryError(Exception):
+    """An unusable inventory; `problems` holds one "<file>:<line>: <key.path>: <what>" each."""
+
+    def __init__(self, file: str, problems: list[str]):
+        super().__init__(file, problems)   # keeps the exception picklable
+        self.file = file
+        self.problems = list(problems)
+
+    def __str__(self) -> str:
+        header = f"invalid inventory {self.file}: {len(self.problems)} problem(s)"
+        return "\n".join([header, *self.problems])
+
+
+@dataclass(frozen=True)
+class Spec:
+    """How a field is written in the inventory file."""
+    kind: str                        # int | bool | str | size | mirrors | strs | map
+    checks: tuple[Check, ...] = ()   # run in order on a value of the right kind
+    nullable: bool = False           # null means "not set", so the default (None) stands
+
+
+def setting(kind: str, *checks: Check, default: Any = MISSING, nullable: bool = False) -> Any:
+    meta = {"yaml": Spec(kind, checks, nullable)}
+    return field(metadata=meta) if default is MISSING else field(default=default, metadata=meta)
+
+
+def settings_of(cls: type) -> dict[str, Spec]:
+    """The keys the file may give for cls, in declaration order."""
+    return {f.name: f.metadata["yaml"] for f in fields(cls) if "yaml" in f.metadata}
+
+
+def suggest(word: str, choices: Any) -> str:
+    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def between(low: int, high: int | None = None, why: str = "") -> Check:
+    def check(value: int) -> str | None:
+        if value >= low and (high is None or value <= high):
+            return None
+        bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+        return f"must be {bounds}, got {value}" + (f" ({why})" if why else "")
+    return check
+
+
+def one_of(*choices: str) -> Check:
+    return lambda value: None if value in choices else (
+        f"must be one of {', '.join(choices)}, got {value!r}{suggest(value, choices)}")
+
+
+def matching(pattern: str, what: str, flags: int = 0) -> Check:
+    regex = re.compile(pattern, flags)
+    return lambda value: None if regex.fullmatch(value) else f"must be {what}, got {value!r}"
+
+
+PORT = between(1, 65535, "a TCP port")
+NAME = matching(r"[A-Za-z0-9_.-]+", "letters, digits, '_', '.' or '-'")   # needs no quoting
+MAXMEMORY = matching(r"\d+(b|k|kb|m|mb|g|gb)?", "a size like 256mb, 2gb or 0", re.IGNORECASE)
+MODULE = matching(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", "a dotted Python module path", re.ASCII)
+QUEUE = matching(r"[A-Za-z0-9_.:-]+", "a queue name (letters, digits, '_', '.', ':', '-')")
+URL_PATH = matching(r"[A-Za-z0-9_-]*(/[A-Za-z0-9_-]+)*", "a URL path such as flower or ops/flower")
+_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
+_DNS_NAME = re.compile(rf"{_LABEL}(\.{_LABEL})*\.?")
+REDIS_POLICIES = ("noeviction", "allkeys-lru", "allkeys-lfu", "allkeys-random", "volatile-lru",
+                  "volatile-lfu", "volatile-random", "volatile-ttl")
+LOGLEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def not_empty(value: str) -> str | None:
+    return None if value.strip() else "must not be empty"
+
+
+def host_address(value: str) -> str | None:
+    try:
+        ipaddress.ip_address(value)
+        return None
+    except ValueError:
+        pass
+    # An all-digit last label is a mistyped IPv4 address (10.77.0.300), not a DNS name.
+    last_label = value.rstrip(".").split(".")[-1]
+    if _DNS_NAME.fullmatch(value) and len(value) <= 253 and not last_label.isdigit():
+        return None
+    return f"must be an IPv4/IPv6 address or a DNS host name, got {value!r}"
+
+
+def same_address(address: str) -> str:
+    """One spelling per address, so that 10.0.0.1 and 10.000.0.1, or NODE1. and node1, match."""
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        return address.lower().rstrip(".")
+
+
+def http_url(value: str) -> str | None:
+    try:
+        parts = urlsplit(value)
+        parts.port                    # raises ValueError when the port is not a number
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        ok = False
+    return None if ok else f"must be an http:// or https:// URL with a host, got {value!r}"
+
+
+def mirror_choice(value: str | int) -> str | None:
+    if isinstance(value, int):
+        return between(1)(value)
+    return None if value in ("majority", "all") else (
+        f"must be 'majority', 'all' or a number of nodes, got {value!r}"
+        + suggest(value, ("majority", "all")))
+
+
+def not_guest(value: str) -> str | None:
+    # guest/guest is RabbitMQ's well-known default login; it must not be one of ours.
+    return "must not be 'guest', RabbitMQ's default account" if value == "guest" else None
+
+
+def _known_role(role: str) -> str:
+    # A typo such as has("workers") would otherwise just answer False and skip a host silently.
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
+    return role
+
+
+@dataclass(frozen=True)
+class SSH:
+    user: str = setting("str", matching(r"[a-z_][a-z0-9_-]*", "a Unix user name"),
+                        default="deploy")
+    port: int = setting("int", PORT, default=22)
+    # Absolute once loaded; None lets ssh and its agent pick a key.
+    key: Path | None = setting("str", not_empty, default=None, nullable=True)
+
+
+@dataclass(frozen=True)
+class WorkerScale:
+    instances: int = setting("int", between(0, 64))       # systemd worker units on the host
+    concurrency: int = setting("int", between(1, 256))    # processes/threads per unit
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    address: str = setting("str", host_address)
+    ssh: SSH = setting("map")                    # merged over the top-level ssh: section
+    roles: frozenset[str] = setting("strs", one_of(*ROLES))
+    worker: WorkerScale | None = setting("map")  # set exactly when the host has role "worker"
+
+    def has(self, role: str) -> bool:
+        return _known_role(role) in self.roles
+
+
+@dataclass(frozen=True)
+class RabbitMQ:
+    queue_mode: str = setting("str", one_of("mirrored", "quorum"), default="mirrored")
+    mirrors: str | int = setting("mirrors", mirror_choice, default="majority")
+    ha_sync_mode: str = setting("str", one_of("automatic", "manual"), default="automatic")
+    vhost: str = setting("str", not_empty, default="/celery")
+    app_user: str = setting("str", NAME, not_guest, default="celery")
+    admin_user: str = setting("str", NAME, not_guest, default="admin")
+    partition_handling: str = setting("str", one_of("pause_minority", "autoheal", "ignore"),
+                                      default="pause_minority")
+    amqp_port: int = setting("int", PORT, default=5672)
+    management_port: int = setting("int", PORT, default=15672)
+    # Seconds. None: derived later from the Celery time limits, so that it always follows them.
+    consumer_timeout: int | None = setting("int", between(60), default=None, nullable=True)
+
+    def mirror_count(self, n_nodes: int) -> int:
+        """How many nodes hold a copy of each queue in a cluster of n_nodes."""
+        if self.mirrors == "majority":
+            return n_nodes // 2 + 1
+        if self.mirrors == "all":
+            return n_nodes
+        return int(self.mirrors)
+
+
+@dataclass(frozen=True)
+class Redis:
+    port: int = setting("int", PORT, default=6379)
+    # "size": a YAML number is taken as bytes, so "maxmemory: 0" (unlimited) needs no quotes.
+    maxmemory: str = setting("size", MAXMEMORY, default="256mb")
+    # Results carry a TTL; under memory pressure evict those nearest to expiry first.
+    maxmemory_policy: str = setting("str", one_of(*REDIS_POLICIES), default="volatile-ttl")
+    appendonly: bool = setting("bool", default=True)
+    appendfsync: str = setting("str", one_of("always", "everysec", "no"), default="everysec")
+    # FLUSHALL, CONFIG, ... stay disabled unless this is true.
+    allow_dangerous_commands: bool = setting("bool", default=False)
+    db: int = setting("int", between(0, 15), default=0)
+
+
+@dataclass(frozen=True)
+class Celery:
+    app: str = setting("str", MODULE, default="app")
+    queues: tuple[str, ...] = setting("strs", QUEUE, default=("celery",))
+    instances: int = setting("int", between(0, 64), default=2)      # worker units per host
+    concurrency: int = setting("int", between(1, 256), default=2)   # processes/threads per unit
+    pool: str = setting("str", one_of("prefork", "threads", "solo"), default="prefork")
+    prefetch_multiplier: int = setting("int", between(0), default=1)
+    time_limit: int = setting("int", between(1), default=1800)      # seconds, hard limit
+    soft_time_limit: int | None = setting("int", between(1), default=None, nullable=True)
+    # None becomes time_limit + 60: systemd must give a running task its whole time limit
+    # (plus a margin to shut down) before it SIGKILLs the worker.
+    stop_timeout: int | None = setting("int", between(1), default=None, nullable=True)
+    result_expires: int = setting("int", between(0), default=86400)
+    serializer: str = setting("str", one_of("msgpack", "json"), default="msgpack")
+    # Case does not matter in the file ("info" is fine); the model keeps Celery's spelling.
+    loglevel: str = setting("str", lambda v: one_of(*LOGLEVELS)(v.upper()), default="INFO")
+
+    def __post_init__(self) -> None:
+        if self.stop_timeout is None:
+            object.__setattr__(self, "stop_timeout", self.time_limit + 60)
+        object.__setattr__(self, "loglevel", self.loglevel.upper())
+
+
+@dataclass(frozen=True)
+class Flower:
+    port: int = setting("int", PORT, default=5555)    # Flower itself, on localhost behind nginx
+    # "" serves Flower at the site root.
+    url_prefix: str = setting("str", lambda v: URL_PATH(v.strip("/")), default="flower")
+    users: tuple[str, ...] = setting("strs", NAME, default=("admin",))
+    http_port: int = setting("int", PORT, default=80)
+    https_port: int = setting("int", PORT, default=443)
+    # Absolute once loaded; both or neither.
+    tls_cert: Path | None = setting("str", not_empty, default=None, nullable=True)
+    tls_key: Path | None = setting("str", not_empty, default=None, nullable=True)
+
+    def __post_init__(self) -> None:
+        # "/flower/", "flower/" and "flower" all mean the same prefix; keep one spelling.
+        object.__setattr__(self, "url_prefix", self.url_prefix.strip("/"))
+
+
+@dataclass(frozen=True)
+class Releases:
+    keep: int = setting("int", between(2, 50, "rollback needs the previous release"), default=5)
+
+
+@dataclass(frozen=True)
+class Apt:
+    # An http(s) proxy for apt on every host; None: hosts reach their mirrors directly.
+    proxy: str | None = setting("str", http_url, default=None, nullable=True)
+
+
+@dataclass(frozen=True)
+class Inventory:
+    path: Path                       # absolute path of the inventory file
+    hosts: tuple[Host, ...]          # in file order
+    ssh: SSH = field(default_factory=SSH)   # the top-level defaults hosts are merged over
+    apt: Apt = field(default_factory=Apt)
+    rabbitmq: RabbitMQ = field(default_factory=RabbitMQ)
+    redis: Redis = field(default_factory=Redis)
+    celery: Celery = field(default_factory=Celery)
+    flower: Flower = field(default_factory=Flower)
+    releases: Releases = field(default_factory=Releases)
+    state_dir: Path | None = None    # None: <inventory dir>/.state; always a Path once built
+
+    def __post_init__(self) -> None:
+        if self.state_dir is None:
+            object.__setattr__(self, "state_dir", self.path.parent / ".state")
+
+    def with_role(self, role: str) -> tuple[Host, ...]:
+        _known_role(role)
+        return tuple(h for h in self.hosts if role in h.roles)
+
+    def host(self, name: str) -> Host:
+        for h in self.hosts:
+            if h.name == name:
+                return h
+        raise KeyError(f"no host named {name!r} in {self.path}; "
+                       f"hosts are {', '.join(self.names())}")
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(h.name for h in self.hosts)

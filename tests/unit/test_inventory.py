@@ -1,0 +1,420 @@
+"""The inventory loader: every rule reports file, line, key path and what is wrong; good files
+give the model with defaults filled in. Pure: YAML files in tmp_path, no SSH."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deploy.inventory import (ROLES, SSH, Celery, Flower, Host, Inventory, InventoryError,
+                              RabbitMQ, Redis, WorkerScale, load_inventory)
+from deploy.inventory.model import settings_of
+from deploy.inventory.validate import SECTIONS, TOP
+from deploy.inventory.yamlload import load_yaml
+
+PROJECT = Path(__file__).resolve().parents[2]
+EXAMPLE = PROJECT / "examples" / "inventory.example.yaml"
+
+HOSTS = """\
+hosts:
+  node1:
+    address: 10.0.0.1
+    roles: [rabbitmq, redis, flower]
+  node2:
+    address: 10.0.0.2
+    roles: [rabbitmq, worker, beat]
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "inventory.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def error_of(tmp_path: Path, text: str) -> InventoryError:
+    with pytest.raises(InventoryError) as caught:
+        load_inventory(str(write(tmp_path, text)))
+    return caught.value
+
+
+def line_of(text: str, fragment: str) -> int:
+    """1-based line of the first line of text containing fragment."""
+    return next(n for n, line in enumerate(text.splitlines(), 1) if fragment in line)
+
+
+def assert_problem(err: InventoryError, key_path: str, line: int, word: str) -> str:
+    prefix = f"{err.file}:{line}: {key_path}: "
+    found = [p for p in err.problems if p.startswith(prefix)]
+    assert found, f"no problem starting {prefix!r} in:\n{err}"
+    assert any(word in p for p in found), f"{word!r} not in {found}"
+    return found[0]
+
+
+# (id, inventory text, key path, fragment of the line reported, word of what is wrong)
+BAD = [
+    ("unknown-top-key", HOSTS + "celry:\n  app: app\n", "celry", "celry:",
+     "did you mean 'celery'?"),
+    ("unknown-section-key", HOSTS + "rabbitmq:\n  mirror: 2\n", "rabbitmq.mirror", "mirror:",
+     "did you mean 'mirrors'?"),
+    ("unknown-host-key", HOSTS.replace("    address: 10.0.0.2", "    adress: 10.0.0.2"),
+     "hosts.node2.adress", "adress", "did you mean 'address'?"),
+    ("unknown-key-no-suggestion", HOSTS + "redis:\n  zzz: 1\n", "redis.zzz", "zzz",
+     "known keys: port, maxmemory"),
+    ("int-given-str", HOSTS + "celery:\n  instances: two\n", "celery.instances", "two",
+     "expected an integer, got 'two' (str)"),
+    ("bool-as-int", HOSTS + "redis:\n  port: true\n", "redis.port", "port: true",
+     "expected an integer, got true (bool)"),
+    ("str-as-bool", HOSTS + "redis:\n  appendonly: 'yes'\n", "redis.appendonly", "appendonly",
+     "expected true or false, got 'yes' (str)"),
+    ("section-not-mapping", HOSTS + "celery: [app]\n", "celery", "celery:", "expected a mapping"),
+    ("roles-not-list", HOSTS.replace("[rabbitmq, worker, beat]", "worker"), "hosts.node2.roles",
+     "roles: worker", "expected a list of strings"),
+    ("missing-hosts", "celery:\n  app: app\n", "hosts", "celery:", "missing"),
+    ("empty-hosts", "hosts: {}\n", "hosts", "hosts:", "non-empty mapping"),
+    ("host-name", HOSTS.replace("node2:", "Node_2:"), "hosts.Node_2", "Node_2", "RFC 1123"),
+    ("host-not-mapping", HOSTS + "  node3: 10.0.0.3\n", "hosts.node3", "node3",
+     "expected a mapping with address and roles"),
+    ("missing-address", HOSTS.replace("    address: 10.0.0.2\n", ""), "hosts.node2.address",
+     "node2:", "missing"),
+    ("bad-address", HOSTS.replace("10.0.0.2", "10.0.0.300"), "hosts.node2.address", "10.0.0.300",
+     "IPv4/IPv6 address or a DNS host name"),
+    ("duplicate-address", HOSTS.replace("10.0.0.2", "10.0.0.1   # as node1"),
+     "hosts.node2.address", "# as node1", "also the address of host 'node1'"),
+    ("missing-roles", HOSTS.replace("    roles: [rabbitmq, worker, beat]\n", ""),
+     "hosts.node2.roles", "node2:", "missing"),
+    ("empty-roles", HOSTS + "  node3:\n    address: n3.example\n    roles: []\n",
+     "hosts.node3.roles", "roles: []", "must not be empty"),
+    ("unknown-role", HOSTS.replace("[rabbitmq, worker, beat]", "[rabbitmq, workr, beat]"),
+     "hosts.node2.roles[1]", "workr", "did you mean 'worker'?"),
+    ("role-twice", HOSTS.replace("[rabbitmq, worker, beat]", "[rabbitmq, worker, worker]"),
+     "hosts.node2.roles[2]", "[rabbitmq, worker, worker]", "listed twice"),
+    ("redis-twice", HOSTS.replace("[rabbitmq, worker, beat]", "[rabbitmq, worker, redis]"),
+     "hosts.node2.roles", "[rabbitmq, worker, redis]",
+     "redis must be on exactly one host, found 2: node1, node2"),
+    ("beat-twice", HOSTS + "  node3:\n    address: n3.example\n    roles: [worker, beat]\n",
+     "hosts.node3.roles", "[worker, beat]", "beat must be on at most one host"),
+    ("flower-twice", HOSTS + "  node3:\n    address: n3.example\n    roles: [flower]\n",
+     "hosts.node3.roles", "[flower]", "found 2: node1, node3"),
+    ("needs-redis", HOSTS.replace("[rabbitmq, redis, flower]", "[rabbitmq, flower]"),
+     "hosts.node2.roles", "[rabbitmq, worker, beat]",
+     "role 'worker' on node2 needs a host with role 'redis'; none has it"),
+    ("needs-worker", HOSTS.replace("[rabbitmq, worker, beat]", "[rabbitmq]"),
+     "hosts.node1.roles", "[rabbitmq, redis, flower]",
+     "role 'flower' on node1 needs a host with role 'worker'; none has it"),
+    ("no-rabbitmq", "hosts:\n  node1:\n    address: 10.0.0.1\n    roles: [redis]\n", "hosts",
+     "hosts:", "no host has role 'rabbitmq'"),
+    ("worker-section-without-role", HOSTS.replace(
+        "[rabbitmq, redis, flower]\n", "[rabbitmq, redis, flower]\n    worker: {instances: 1}\n"),
+     "hosts.node1.worker", "worker: {", "only hosts with role 'worker'"),
+    ("worker-concurrency", HOSTS + "    worker: {concurrency: 0}\n",
+     "hosts.node2.worker.concurrency", "concurrency: 0", "between 1 and 256"),
+    ("worker-instances", HOSTS + "    worker:\n      instances: 65\n",
+     "hosts.node2.worker.instances", "instances: 65", "between 0 and 64"),
+    ("ssh-port", "ssh:\n  port: 70000\n" + HOSTS, "ssh.port", "70000", "between 1 and 65535"),
+    ("ssh-user", "ssh:\n  user: Deploy User\n" + HOSTS, "ssh.user", "Deploy", "Unix user name"),
+    ("host-ssh-key", HOSTS + "    ssh:\n      prot: 2222\n", "hosts.node2.ssh.prot", "prot",
+     "did you mean 'port'?"),
+    ("apt-proxy", HOSTS + "apt:\n  proxy: ftp://10.0.0.9\n", "apt.proxy", "ftp://",
+     "http:// or https:// URL"),
+    ("queue-mode", HOSTS + "rabbitmq:\n  queue_mode: classic\n", "rabbitmq.queue_mode",
+     "classic", "mirrored, quorum"),
+    ("quorum-with-mirrors", HOSTS + "rabbitmq:\n  queue_mode: quorum\n  mirrors: 2\n",
+     "rabbitmq.mirrors", "mirrors: 2", "only applies to queue_mode mirrored"),
+    ("quorum-with-ha-sync", HOSTS + "rabbitmq:\n  ha_sync_mode: manual\n  queue_mode: quorum\n",
+     "rabbitmq.ha_sync_mode", "ha_sync_mode", "quorum queues replicate"),
+    ("mirrors-over-hosts", HOSTS + "rabbitmq:\n  mirrors: 3\n", "rabbitmq.mirrors", "mirrors: 3",
+     "more than the 2 host(s) with role 'rabbitmq' (node1, node2)"),
+    ("mirrors-word", HOSTS + "rabbitmq:\n  mirrors: most\n", "rabbitmq.mirrors", "most",
+     "'majority', 'all' or a number"),
+    ("mirrors-zero", HOSTS + "rabbitmq:\n  mirrors: 0\n", "rabbitmq.mirrors", "mirrors: 0",
+     "at least 1"),
+    ("ha-sync-mode", HOSTS + "rabbitmq:\n  ha_sync_mode: auto\n", "rabbitmq.ha_sync_mode",
+     "auto", "automatic, manual"),
+    ("partition-handling", HOSTS + "rabbitmq:\n  partition_handling: pause\n",
+     "rabbitmq.partition_handling", "pause", "pause_minority, autoheal, ignore"),
+    ("vhost-empty", HOSTS + "rabbitmq:\n  vhost: ''\n", "rabbitmq.vhost", "vhost", "empty"),
+    ("guest-user", HOSTS + "rabbitmq:\n  admin_user: guest\n", "rabbitmq.admin_user", "guest",
+     "must not be 'guest'"),
+    ("user-chars", HOSTS + "rabbitmq:\n  app_user: 'celery app'\n", "rabbitmq.app_user",
+     "celery app", "letters, digits"),
+    ("same-users", HOSTS + "rabbitmq:\n  app_user: admin\n", "rabbitmq.app_user",
+     "app_user: admin", "are both 'admin'"),
+    ("same-ports", HOSTS + "rabbitmq:\n  amqp_port: 5672\n  management_port: 5672\n",
+     "rabbitmq.management_port", "management_port", "are both 5672"),
+    ("consumer-timeout-min", HOSTS + "rabbitmq:\n  consumer_timeout: 30\n",
+     "rabbitmq.consumer_timeout", "consumer_timeout", "at least 60"),
+    ("consumer-timeout-limit", HOSTS + "rabbitmq:\n  consumer_timeout: 600\n"
+     "celery:\n  time_limit: 600\n", "rabbitmq.consumer_timeout", "consumer_timeout",
+     "greater than celery.time_limit (600)"),
+    ("redis-port", HOSTS + "redis:\n  port: 0\n", "redis.port", "port: 0", "between 1 and 65535"),
+    ("maxmemory", HOSTS + "redis:\n  maxmemory: lots\n", "redis.maxmemory", "lots", "a size"),
+    ("maxmemory-policy", HOSTS + "redis:\n  maxmemory_policy: allkeys-lur\n",
+     "redis.maxmemory_policy", "lur", "did you mean 'allkeys-lru'?"),
+    ("appendfsync", HOSTS + "redis:\n  appendfsync: sometimes\n", "redis.appendfsync",
+     "sometimes", "always, everysec, no"),
+    ("redis-db", HOSTS + "redis:\n  db: 16\n", "redis.db", "db: 16", "between 0 and 15"),
+    ("celery-app", HOSTS + "celery:\n  app: my-app\n", "celery.app", "my-app", "dotted Python"),
+    ("queues-empty", HOSTS + "celery:\n  queues: []\n", "celery.queues", "queues", "empty"),
+    ("queues-twice", HOSTS + "celery:\n  queues:\n    - a\n    - b\n    - a  # again\n",
+     "celery.queues[2]", "# again", "listed twice"),
+    ("queue-name", HOSTS + "celery:\n  queues: ['a b']\n", "celery.queues[0]", "a b",
+     "queue name"),
+    ("pool", HOSTS + "celery:\n  pool: gevent\n", "celery.pool", "gevent",
+     "prefork, threads, solo"),
+    ("concurrency", HOSTS + "celery:\n  concurrency: 257\n", "celery.concurrency", "257",
+     "between 1 and 256"),
+    ("prefetch", HOSTS + "celery:\n  prefetch_multiplier: -1\n", "celery.prefetch_multiplier",
+     "-1", "at least 0"),
+    ("time-limit", HOSTS + "celery:\n  time_limit: 0\n", "celery.time_limit", "time_limit",
+     "at least 1"),
+    ("soft-limit", HOSTS + "celery:\n  time_limit: 100\n  soft_time_limit: 100\n",
+     "celery.soft_time_limit", "soft_time_limit", "less than time_limit (100)"),
+    ("stop-timeout", HOSTS + "celery:\n  time_limit: 100\n  stop_timeout: 100\n",
+     "celery.stop_timeout", "stop_timeout", "SIGKILL"),
+    ("stop-timeout-default-limit", HOSTS + "celery:\n  stop_timeout: 1000\n",
+     "celery.stop_timeout", "stop_timeout", "greater than time_limit (1800)"),
+    ("result-expires", HOSTS + "celery:\n  result_expires: -5\n", "celery.result_expires",
+     "-5", "at least 0"),
+    ("serializer", HOSTS + "celery:\n  serializer: pickle\n", "celery.serializer", "pickle",
+     "msgpack, json"),
+    ("loglevel", HOSTS + "celery:\n  loglevel: verbose\n", "celery.loglevel", "verbose",
+     "DEBUG, INFO"),
+    ("flower-ports", HOSTS + "flower:\n  port: 8080\n  https_port: 8080\n", "flower.https_port",
+     "https_port", "are both 8080"),
+    ("flower-port-default-clash", HOSTS + "flower:\n  http_port: 5555\n", "flower.http_port",
+     "http_port", "are both 5555"),
+    ("url-prefix", HOSTS + "flower:\n  url_prefix: /a b/\n", "flower.url_prefix", "a b",
+     "URL path"),
+    ("flower-users-empty", HOSTS + "flower:\n  users: []\n", "flower.users", "users", "empty"),
+    ("flower-users-twice", HOSTS + "flower:\n  users: [ops, ops]\n", "flower.users[1]", "ops",
+     "listed twice"),
+    ("flower-user-chars", HOSTS + "flower:\n  users: ['o/ps']\n", "flower.users[0]", "o/ps",
+     "letters, digits"),
+    ("tls-half", HOSTS + "flower:\n  tls_key: key.pem\n", "flower.tls_key", "tls_key",
+     "given without tls_cert"),
+    ("releases-keep", HOSTS + "releases:\n  keep: 1\n", "releases.keep", "keep: 1",
+     "rollback needs the previous release"),
+    ("releases-keep-max", HOSTS + "releases:\n  keep: 51\n", "releases.keep", "keep: 51",
+     "between 2 and 50"),
+    ("state-dir", HOSTS + "state_dir: 3\n", "state_dir", "state_dir", "expected a string"),
+]
+
+
+@pytest.mark.parametrize("text,key_path,fragment,word", [c[1:] for c in BAD],
+                         ids=[c[0] for c in BAD])
+def test_bad_inventory_names_file_line_key_and_problem(tmp_path, text, key_path, fragment, word):
+    err = error_of(tmp_path, text)
+    assert err.file == str(tmp_path / "inventory.yaml")
+    assert_problem(err, key_path, line_of(text, fragment), word)
+
+
+def test_duplicate_host_names_report_both_lines(tmp_path):
+    text = HOSTS + "  node1:\n    address: 10.0.0.3\n    roles: [worker]\n"
+    err = error_of(tmp_path, text)
+    problem = assert_problem(err, "hosts.node1", 8, "duplicate key 'node1'")
+    assert "lines 2 and 8" in problem
+
+
+def test_duplicate_keys_are_caught_in_any_mapping(tmp_path):
+    text = HOSTS + "celery:\n  app: app\n  instances: 1\n  app: other\n"
+    err = error_of(tmp_path, text)
+    assert "lines 9 and 11" in assert_problem(err, "celery.app", 11, "duplicate key 'app'")
+
+
+def test_tls_files_must_exist_relative_to_the_inventory(tmp_path):
+    text = HOSTS + "flower:\n  tls_cert: certs/f.pem\n  tls_key: certs/f.key\n"
+    (tmp_path / "certs").mkdir()
+    (tmp_path / "certs" / "f.pem").write_text("cert")
+    err = error_of(tmp_path, text)
+    assert err.problems == [f"{tmp_path / 'inventory.yaml'}:10: flower.tls_key: file not found: "
+                            f"{tmp_path / 'certs' / 'f.key'}"]
+
+
+def test_all_problems_are_reported_together_in_file_order(tmp_path):
+    text = HOSTS + "redis:\n  db: 99\ncelery:\n  instances: two\nreleases:\n  keep: 0\n"
+    err = error_of(tmp_path, "ssh:\n  port: 0\n" + text)
+    assert len(err.problems) == 4
+    assert [p.split(": ")[1] for p in err.problems] == [
+        "ssh.port", "redis.db", "celery.instances", "releases.keep"]
+    lines = str(err).splitlines()
+    assert lines[0] == f"invalid inventory {tmp_path / 'inventory.yaml'}: 4 problem(s)"
+    assert lines[1:] == err.problems
+
+
+def test_yaml_syntax_error_stops_with_its_line(tmp_path):
+    err = error_of(tmp_path, HOSTS + "celery:\n  app: [unclosed\n  pool: solo\n")
+    assert len(err.problems) == 1       # nothing after a syntax error can be trusted
+    # PyYAML notices the missing "]" at line 10 and says where the list started.
+    assert err.problems[0].startswith(f"{tmp_path / 'inventory.yaml'}:10: YAML syntax error")
+    assert "started on line 9" in err.problems[0]
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(InventoryError) as caught:
+        load_inventory(tmp_path / "nope.yaml")
+    assert caught.value.problems == [f"{tmp_path / 'nope.yaml'}: file not found"]
+
+
+@pytest.mark.parametrize("text,what", [("- node1\n- node2\n", "got a list"),
+                                       ("", "the file is empty"), ("just text\n", "(str)")])
+def test_top_level_must_be_a_mapping(tmp_path, text, what):
+    err = error_of(tmp_path, text)
+    assert len(err.problems) == 1
+    assert err.problems[0].startswith(f"{err.file}:1: top level: expected a mapping")
+    assert what in err.problems[0]
+
+
+# -- good inventories ---------------------------------------------------------------------
+
+def test_repo_inventory_describes_the_three_lab_hosts():
+    inv = load_inventory(PROJECT / "inventory.yaml")
+    assert inv.path == PROJECT / "inventory.yaml"
+    assert inv.names() == ("node1", "node2", "node3")
+    assert [h.address for h in inv.hosts] == ["10.77.0.11", "10.77.0.12", "10.77.0.13"]
+    assert inv.host("node1").roles == {"rabbitmq", "redis", "flower"}
+    assert inv.host("node2").roles == {"rabbitmq", "worker", "beat"}
+    assert inv.host("node3").roles == {"rabbitmq", "worker"}
+    assert [h.name for h in inv.with_role("worker")] == ["node2", "node3"]
+    assert inv.host("node1").worker is None
+    assert inv.host("node3").worker.instances == 2 and inv.host("node3").worker.concurrency == 2
+    key = PROJECT / ".state" / "lab" / "id_ed25519"
+    assert all(h.ssh == SSH(user="deploy", port=22, key=key) for h in inv.hosts)
+    assert inv.apt.proxy == "http://10.77.0.1:3128"
+    assert inv.rabbitmq.mirror_count(len(inv.with_role("rabbitmq"))) == 2
+    assert (inv.redis, inv.flower) == (Redis(), Flower())
+    assert inv.celery == Celery(app="app", instances=2, concurrency=2)
+    assert inv.celery.stop_timeout == 1860
+    assert inv.state_dir == PROJECT / ".state"
+
+
+def _tls_example(tmp_path: Path) -> Path:
+    """The example with its commented-out TLS lines switched on (they must name real files)."""
+    text = EXAMPLE.read_text()
+    text = text.replace("  # tls_cert:", "  tls_cert:").replace("  # tls_key:", "  tls_key:")
+    (tmp_path / "certs").mkdir()
+    for name in ("flower.pem", "flower.key"):
+        (tmp_path / "certs" / name).write_text("x")
+    return write(tmp_path, text, EXAMPLE.name)
+
+
+def test_example_loads_in_place_and_with_tls(tmp_path):
+    assert load_inventory(EXAMPLE).names() == ("node1", "node2", "node3")
+    flower = load_inventory(_tls_example(tmp_path)).flower
+    assert (flower.tls_cert, flower.tls_key) == (tmp_path / "certs/flower.pem",
+                                                 tmp_path / "certs/flower.key")
+
+
+def test_example_documents_every_key(tmp_path):
+    """Every key the loader accepts appears in the example (a new setting must be documented)."""
+    lines = load_yaml(_tls_example(tmp_path), "example").lines
+    in_hosts = {p[2:] for p in lines if p[:1] == ("hosts",) and len(p) > 2}
+    top_level = {(k,) for k in TOP} | {(s, k) for s, cls in SECTIONS.items()
+                                       for k in settings_of(cls)}
+    per_host = ({(k,) for k in settings_of(Host)} | {("ssh", k) for k in settings_of(SSH)}
+                | {("worker", k) for k in settings_of(WorkerScale)})
+    assert sorted(top_level - lines.keys()) == []
+    assert sorted(per_host - in_hosts) == []
+
+
+def test_every_example_value_arrives_in_the_model(tmp_path):
+    path = _tls_example(tmp_path)
+    raw = yaml.safe_load(path.read_text())
+    inv = load_inventory(path)
+    for section in SECTIONS:
+        for key, value in raw[section].items():
+            got = getattr(getattr(inv, section), key)
+            if key in ("key", "tls_cert", "tls_key"):
+                value = tmp_path / value
+            elif isinstance(value, list):
+                value = tuple(value)
+            assert got == value, f"{section}.{key}"
+    for host in inv.hosts:
+        spec = raw["hosts"][host.name]
+        assert (host.address, host.roles) == (spec["address"], frozenset(spec["roles"]))
+    node1, node2, node3 = inv.hosts
+    assert node1.ssh == SSH(user="admin", port=2222, key=Path("~/.ssh/node1_ed25519").expanduser())
+    assert (node2.worker.instances, node2.worker.concurrency) == (4, 8)
+    assert node3.worker == WorkerScale(instances=2, concurrency=2)
+    assert inv.state_dir == tmp_path / ".state"
+
+
+def test_defaults_fill_everything_not_given(tmp_path):
+    inv = load_inventory(write(tmp_path, HOSTS))
+    assert inv.ssh == SSH(user="deploy", port=22, key=None)
+    assert (inv.rabbitmq, inv.redis, inv.flower) == (RabbitMQ(), Redis(), Flower())
+    assert inv.rabbitmq.consumer_timeout is None and inv.rabbitmq.mirrors == "majority"
+    assert inv.celery.queues == ("celery",) and inv.celery.stop_timeout == 1800 + 60
+    assert inv.releases.keep == 5 and inv.apt.proxy is None
+    assert inv.state_dir == tmp_path / ".state"
+    assert inv.host("node2").worker == WorkerScale(instances=2, concurrency=2)
+
+
+def test_paths_resolve_relative_to_the_inventory_file(tmp_path, monkeypatch):
+    (tmp_path / "site").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    text = "state_dir: ../state\nssh:\n  key: keys/id\n" + HOSTS + "    ssh: {key: ~/id2}\n"
+    inv = load_inventory(write(tmp_path / "site", text))
+    assert inv.path == tmp_path / "site" / "inventory.yaml"
+    assert inv.ssh.key == tmp_path / "site" / "keys" / "id"
+    assert inv.host("node2").ssh.key == tmp_path / "home" / "id2"
+    assert inv.state_dir == tmp_path / "state"
+
+
+def test_host_ssh_is_merged_over_the_top_level(tmp_path):
+    text = "ssh: {user: ops, port: 2200, key: k}\n" + HOSTS + "    ssh: {port: 22}\n"
+    inv = load_inventory(write(tmp_path, text))
+    assert inv.host("node1").ssh == SSH(user="ops", port=2200, key=tmp_path / "k")
+    assert inv.host("node2").ssh == SSH(user="ops", port=22, key=tmp_path / "k")
+
+
+def test_host_worker_overrides_one_value_and_inherits_the_other(tmp_path):
+    text = HOSTS + "    worker: {instances: 0}\ncelery: {concurrency: 6}\n"
+    assert load_inventory(write(tmp_path, text)).host("node2").worker == WorkerScale(0, 6)
+
+
+def test_values_are_normalised(tmp_path):
+    text = HOSTS + ("redis: {maxmemory: 0}\ncelery: {loglevel: warning}\n"
+                    "flower: {url_prefix: /ops/flower/}\nrabbitmq: {queue_mode: quorum}\n")
+    inv = load_inventory(write(tmp_path, text))
+    assert inv.redis.maxmemory == "0"
+    assert inv.celery.loglevel == "WARNING"
+    assert inv.flower.url_prefix == "ops/flower"
+    assert inv.rabbitmq.queue_mode == "quorum"
+
+
+def test_yaml_merge_keys_override_without_being_duplicates(tmp_path):
+    # The mapping's own address wins over the merged one, wherever "<<" stands.
+    text = HOSTS + "  node3:\n    address: 10.0.0.3\n    <<: {address: 10.0.0.9, roles: [worker]}\n"
+    inv = load_inventory(write(tmp_path, text))
+    assert inv.host("node3").address == "10.0.0.3" and inv.host("node3").roles == {"worker"}
+
+
+def test_mirror_count():
+    assert [RabbitMQ(mirrors="majority").mirror_count(n) for n in (1, 2, 3, 5)] == [1, 2, 2, 3]
+    assert RabbitMQ(mirrors="all").mirror_count(3) == 3
+    assert RabbitMQ(mirrors=2).mirror_count(5) == 2
+
+
+def test_model_is_immutable_and_hashable(tmp_path):
+    inv = load_inventory(write(tmp_path, HOSTS))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        inv.celery.concurrency = 9
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        inv.host("node1").address = "x"
+    assert isinstance(inv.hosts, tuple) and isinstance(inv.host("node1").roles, frozenset)
+    assert hash(inv) == hash(load_inventory(write(tmp_path, HOSTS)))
+
+
+def test_lookups_fail_loudly(tmp_path):
+    inv = load_inventory(write(tmp_path, HOSTS))
+    with pytest.raises(KeyError, match="no host named 'node9'.*node1, node2"):
+        inv.host("node9")
+    with pytest.raises(ValueError, match="unknown role 'workers'"):
+        inv.with_role("workers")
+    assert inv.host("node2").has("beat") and not inv.host("node1").has("worker")
+    assert set(ROLES) == {"rabbitmq", "redis", "worker", "beat", "flower"}
+    assert isinstance(inv, Inventory)
