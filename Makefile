@@ -1,11 +1,11 @@
 # Two entry points for a fresh Debian 12 machine (as root):
-#   make demo   set up, boot the lab, print a summary
+#   make demo   set up, boot the lab, deploy the cluster into it, print a summary
 #   make test   set up, run every test (unit + lab)
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 FAB := $(VENV)/bin/fab
-APT_PACKAGES := debootstrap systemd-container tinyproxy openssh-client python3-venv iproute2
+APT_PACKAGES := debootstrap systemd-container tinyproxy openssh-client python3-venv iproute2 chromium chromium-driver
 
 .PHONY: setup system venv demo test unit lab-up lab-down
 
@@ -29,7 +29,8 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 
 demo: setup
 	$(FAB) lab.up
-	$(FAB) lab.status
+	$(FAB) deploy
+	$(FAB) status
 
 test: setup
 	$(VENV)/bin/pytest -ra

@@ -150,10 +150,11 @@ class Engine:
             result = "failed" if r.failed else ("changed" if r.changed else "unchanged")
             rows.append(f"{r.name:10} {result:10} {len(r.changed):>7}")
         for r in self.reports.values():
+            if r.changed:
+                rows.append(f"\n{r.name} {'would change' if self.dry_run else 'changed'}:\n  " +
+                            "\n  ".join(r.changed))
             if r.failed:
                 rows.append(f"\n{r.name} FAILED in {r.failed}")
-            if r.changed and self.dry_run:
-                rows.append(f"\n{r.name} would change:\n  " + "\n  ".join(r.changed))
         return "\n".join(rows)
 
 

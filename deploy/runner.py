@@ -7,10 +7,11 @@ from concurrent.futures import ThreadPoolExecutor
 from . import lock
 from .context import Ctx
 from .engine import Engine, say
-from .stages import base, rabbitmq, redis, release, workers
+from .stages import base, flower, rabbitmq, redis, release, workers
 from .transport import Session
 
-STAGES = [base, rabbitmq, redis, release, workers]
+# workers before flower: it records whether a host's release was switched.
+STAGES = [base, rabbitmq, redis, release, workers, flower]
 
 
 class Unreachable(RuntimeError):

@@ -1,0 +1,339 @@
+"""Flower, the Celery monitor, on the host with role flower, behind nginx.
+
+Flower runs from the shipped release (the workers stage switches `current`) as its own
+system user `flower`, bound to 127.0.0.1, with persistent state in /var/lib/flower. nginx
+(Debian's nginx-light) serves it over HTTPS on the inventory's https_port, redirects plain
+HTTP there, and asks for a login on every path.
+
+Authentication happens twice, with the same logins. nginx checks Basic auth against an
+htpasswd file of salted SHA-512-crypt hashes, for every path (Flower itself exempts /metrics
+and /healthcheck). Flower 2.2.0 refuses its HTTP API (/api/...) with 401 unless it has an
+authentication of its own (--basic_auth or --auth) or FLOWER_UNAUTHENTICATED_API is set
+(flower/api/__init__.py, BaseApiHandler.prepare). Setting FLOWER_UNAUTHENTICATED_API would
+open the API to anything that reaches 127.0.0.1:<port> on the host; instead Flower gets the
+same user:password pairs as FLOWER_BASIC_AUTH in its environment file, and nginx passes the
+client's Authorization header through unchanged, so a request nginx let in is also accepted
+by Flower, and the port on localhost is not an open door.
+
+Only when something changed does the plan contain anything: a second deploy with nothing
+changed is an empty plan (no upload, no reload, no restart). The htpasswd file is
+reproducible (salts derived with HMAC, see htpasswd_line), and the self-signed certificate
+is generated on the host only when none exists yet.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+from urllib.parse import quote
+
+from .. import commands as C
+from .. import facts as F
+from ..celery_env import celery_env, env_file
+from ..context import Ctx
+from ..engine import Change, DeployFailed, Engine, apply_plan
+from ..files import ManagedFile, from_template, managed, render
+from ..ops import file_changes, service_changes
+from .release import BASE
+
+UNIT = "flower.service"
+UNIT_FILE = f"/etc/systemd/system/{UNIT}"
+ENV = "/etc/celery-kit/flower.env"
+STATE_DIR = "/var/lib/flower"
+DB = f"{STATE_DIR}/flower.db"
+STATE_SAVE_INTERVAL_MS = 60_000      # also saved on a clean stop; this bounds a crash's loss
+
+NGINX = "nginx.service"
+SITE = "/etc/nginx/sites-enabled/celery-kit-flower.conf"
+DEFAULT_SITE = "/etc/nginx/sites-enabled/default"     # Debian's, also listens on :80
+HTPASSWD = "/etc/nginx/celery-kit-flower.htpasswd"
+TLS_DIR = "/etc/celery-kit/tls"
+TLS_CERT = f"{TLS_DIR}/flower.crt"
+TLS_KEY = f"{TLS_DIR}/flower.key"
+SELF_SIGNED_DAYS = 3650
+
+SALT_KEY_SECRET = "flower_htpasswd_salt_key"
+
+
+def password_secret(user: str) -> str:
+    """Name of a Flower user's password in the secrets file."""
+    return f"flower_{user}_password"
+
+
+# SHA-512-crypt ("$6$", as glibc crypt(3) and nginx's auth_basic understand it) -----------
+# Implemented here (Ulrich Drepper's specification) because Python's crypt module is
+# deprecated and gone in 3.13; tests check it against crypt(3).
+
+_B64 = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_ORDER = ((0, 21, 42), (22, 43, 1), (44, 2, 23), (3, 24, 45), (25, 46, 4), (47, 5, 26),
+          (6, 27, 48), (28, 49, 7), (50, 8, 29), (9, 30, 51), (31, 52, 10), (53, 11, 32),
+          (12, 33, 54), (34, 55, 13), (56, 14, 35), (15, 36, 57), (37, 58, 16), (59, 17, 38),
+          (18, 39, 60), (40, 61, 19), (62, 20, 41))
+
+
+def _b64_24(b2: int, b1: int, b0: int, n: int) -> str:
+    w = (b2 << 16) | (b1 << 8) | b0
+    out = []
+    for _ in range(n):
+        out.append(_B64[w & 0x3F])
+        w >>= 6
+    return "".join(out)
+
+
+def _repeat(data: bytes, length: int) -> bytes:
+    return (data * (length // len(data) + 1))[:length] if data else b""
+
+
+def sha512_crypt(password: str, salt: str) -> str:
+    """crypt(3) with a "$6$<salt>$" setting and the default 5000 rounds."""
+    pw, s = password.encode(), salt.encode()[:16]
+    if any(ch not in _B64 for ch in salt[:16]) or not s:
+        raise ValueError("a SHA-512-crypt salt is 1-16 characters of [./0-9A-Za-z]")
+    b = hashlib.sha512(pw + s + pw).digest()
+    a = hashlib.sha512(pw + s + _repeat(b, len(pw)))
+    n = len(pw)
+    while n:
+        a.update(b if n & 1 else pw)
+        n >>= 1
+    c = a.digest()
+    p = _repeat(hashlib.sha512(pw * len(pw)).digest(), len(pw))
+    ss = _repeat(hashlib.sha512(s * (16 + c[0])).digest(), len(s))
+    for r in range(5000):
+        h = hashlib.sha512(p if r & 1 else c)
+        if r % 3:
+            h.update(ss)
+        if r % 7:
+            h.update(p)
+        h.update(c if r & 1 else p)
+        c = h.digest()
+    encoded = "".join(_b64_24(c[i], c[j], c[k], 4) for i, j, k in _ORDER) + _b64_24(0, 0, c[63], 2)
+    return f"$6${s.decode()}${encoded}"
+
+
+def verify_sha512_crypt(password: str, hashed: str) -> bool:
+    parts = hashed.split("$")
+    if len(parts) != 4 or parts[1] != "6":
+        return False
+    return hmac.compare_digest(sha512_crypt(password, parts[2]), hashed)
+
+
+def derived_salt(user: str, password: str, key: str = "") -> str:
+    """16 salt characters from an HMAC: the same user and password always give the same hash
+    (so the htpasswd file is stable across deploys), a new password a new salt. Keyed with a
+    kit secret when given; without one (key ""), keyed with the password itself."""
+    mac = hmac.new((key or password).encode(), f"celery-kit flower htpasswd\0{user}\0{password}".encode(),
+                   hashlib.sha512).digest()
+    return "".join(_B64[byte % 64] for byte in mac[:16])    # 256 % 64 == 0: unbiased
+
+
+def htpasswd_line(user: str, password: str, salt_key: str = "") -> str:
+    """`user:$6$salt$hash` for nginx's auth_basic_user_file; deterministic."""
+    return f"{user}:{sha512_crypt(password, derived_salt(user, password, salt_key))}"
+
+
+def htpasswd_file(ctx: Ctx) -> str:
+    # A separate salt key: a salt keyed with the password alone would let anyone holding the
+    # file test password guesses with one HMAC instead of 5000 SHA-512 rounds.
+    key = ctx.secret(SALT_KEY_SECRET).reveal()
+    lines = ["# Managed by celery-kit: Flower logins (passwords in the kit's secrets file)."]
+    lines += [htpasswd_line(u, ctx.secret(password_secret(u)).reveal(), key) for u in ctx.inv.flower.users]
+    return "\n".join(lines) + "\n"
+
+
+# Flower ----------------------------------------------------------------------------------
+
+def _url_host(address: str) -> str:
+    try:
+        return f"[{address}]" if ipaddress.ip_address(address).version == 6 else address
+    except ValueError:
+        return address
+
+
+def broker_api_url(inv, host, admin_password: str) -> str:
+    """RabbitMQ's management API, for queue lengths. The flower host's own node when it runs
+    RabbitMQ, else the first RabbitMQ host (the flower host need not run RabbitMQ)."""
+    nodes = inv.with_role("rabbitmq")
+    node = host if host.has("rabbitmq") else nodes[0]
+    r = inv.rabbitmq
+    return (f"http://{quote(r.admin_user, safe='')}:{quote(admin_password, safe='')}@"
+            f"{_url_host(node.address)}:{r.management_port}/api/")
+
+
+def flower_env(ctx: Ctx, host) -> dict[str, str]:
+    """The secret part of Flower's settings, as environment variables."""
+    inv = ctx.inv
+    env = celery_env(inv, ctx.secret("rabbitmq_app_password").reveal(), ctx.secret("redis_password").reveal())
+    logins = []
+    for user in inv.flower.users:
+        pw = ctx.secret(password_secret(user)).reveal()
+        # Flower splits FLOWER_BASIC_AUTH on ","; the env file quotes values with "'".
+        if any(ch in pw for ch in ",'\n\\"):
+            raise DeployFailed(f"{password_secret(user)} must not contain , ' \\ or a line break")
+        logins.append(f"{user}:{pw}")
+    env["FLOWER_BROKER_API"] = broker_api_url(inv, host, ctx.secret("rabbitmq_admin_password").reveal())
+    env["FLOWER_BASIC_AUTH"] = ",".join(logins)
+    return env
+
+
+def wanted_flower_files(ctx: Ctx, host) -> list[ManagedFile]:
+    inv = ctx.inv
+    text = env_file(flower_env(ctx, host)).replace("root:celery", "root:flower", 1)
+    unit = {"app": inv.celery.app, "host": host, "env_file": ENV, "state_dir": STATE_DIR,
+            "release_dir": BASE, "port": inv.flower.port, "prefix": inv.flower.url_prefix,
+            "db": DB, "state_save_interval_ms": STATE_SAVE_INTERVAL_MS}
+    return [managed(ENV, text, owner="root", group="flower", mode=0o640, secret=True),
+            from_template(UNIT_FILE, "flower.service.j2", unit)]
+
+
+# nginx -----------------------------------------------------------------------------------
+
+def _port_suffix(port: int) -> str:
+    return "" if port == 443 else f":{port}"
+
+
+def site_config(inv, host) -> str:
+    f = inv.flower
+    return render("nginx-flower.conf.j2", **{
+        "host": host, "port": f.port, "prefix": f.url_prefix, "http_port": f.http_port,
+        "https_port": f.https_port, "https_port_suffix": _port_suffix(f.https_port),
+        "tls_cert": TLS_CERT, "tls_key": TLS_KEY, "htpasswd": HTPASSWD,
+        "hsts": f.tls_cert is not None})
+
+
+def wanted_nginx_files(ctx: Ctx, host) -> list[ManagedFile]:
+    inv, f = ctx.inv, ctx.inv.flower
+    files = [managed(SITE, site_config(inv, host)),
+             managed(HTPASSWD, htpasswd_file(ctx), owner="root", group="www-data", mode=0o640,
+                     secret=True)]
+    if f.tls_cert is not None:
+        # The inventory's certificate, uploaded. Without one, the host keeps (or generates)
+        # its own self-signed pair at the same paths, which are then not managed files.
+        files += [managed(TLS_CERT, f.tls_cert.read_bytes(), mode=0o644),
+                  managed(TLS_KEY, f.tls_key.read_bytes(), mode=0o600, secret=True)]
+    return files
+
+
+def wanted_files(ctx: Ctx, host) -> list[ManagedFile]:
+    return wanted_flower_files(ctx, host) + wanted_nginx_files(ctx, host)
+
+
+def subject_alt_name(host) -> str:
+    names = [f"DNS:{host.name}"]
+    try:
+        names.append(f"IP:{ipaddress.ip_address(host.address)}")
+    except ValueError:
+        if host.address.lower().rstrip(".") != host.name.lower():
+            names.append(f"DNS:{host.address.rstrip('.')}")
+    return ",".join(names)
+
+
+# New key and certificate next to the targets, then renamed into place, key first: the
+# certificate's presence is what later deploys check.
+_SELF_SIGNED = f"""set -e
+install -d -o root -g root -m 0755 {TLS_DIR}
+umask 077
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -sha256 -nodes \\
+  -days "$3" -subj "/CN=$1" -addext "subjectAltName=$2" \\
+  -keyout {TLS_KEY}.ck-new -out {TLS_CERT}.ck-new
+chmod 0600 {TLS_KEY}.ck-new
+chmod 0644 {TLS_CERT}.ck-new
+mv -f {TLS_KEY}.ck-new {TLS_KEY}
+mv -f {TLS_CERT}.ck-new {TLS_CERT}
+"""
+
+
+def self_signed_change(host) -> Change:
+    return Change(f"self-signed certificate {TLS_CERT} for {host.name}",
+                  [C.sh(_SELF_SIGNED, host.name, subject_alt_name(host), str(SELF_SIGNED_DAYS))])
+
+
+def cert_fact() -> F.Fact:
+    return F.exit_ok("cert", "test", "-s", TLS_CERT, "-a", "-s", TLS_KEY)
+
+
+def default_site_fact() -> F.Fact:
+    return F.exit_ok("default_site", "test", "-e", DEFAULT_SITE, "-o", "-L", DEFAULT_SITE)
+
+
+def nginx_ok_fact() -> F.Fact:
+    return F.exit_ok("nginx_ok", "nginx", "-t", "-q")
+
+
+def nginx_plan(ctx: Ctx, host, files: list[ManagedFile], facts: dict) -> list[Change]:
+    """Pure: certificate, site files, then `nginx -t` and a reload (or a start).
+
+    A config nginx rejects fails the deploy at `nginx -t` with nginx's message; the running
+    nginx keeps its previous config (no reload happens). The next deploy checks again
+    (fact nginx_ok), so a broken config cannot go unnoticed behind an otherwise empty plan."""
+    plan: list[Change] = []
+    if ctx.inv.flower.tls_cert is None and not facts["cert"]:
+        plan.append(self_signed_change(host))
+    plan += file_changes(files, facts["files"])
+    if facts["default_site"]:
+        plan.append(Change(f"remove {DEFAULT_SITE} (Debian's default site, also on :80)",
+                           [C.cmd("rm", "-f", DEFAULT_SITE)]))
+    state = facts["units"].get(NGINX) or {}
+    active = state.get("ActiveState") == "active"
+    if plan or not facts["nginx_ok"]:
+        plan.append(Change("check nginx configuration (nginx -t)", [C.cmd("nginx", "-t", "-q")]))
+        if active:
+            plan.append(Change(f"reload {NGINX}", [C.systemctl("reload", NGINX)]))
+    plan += service_changes(NGINX, state, restart=False)
+    return plan
+
+
+def flower_plan(ctx: Ctx, host, files: list[ManagedFile], facts: dict) -> list[Change]:
+    """Pure: env file and unit, daemon-reload, and flower.service enabled and running;
+    restarted when its files changed or the release was switched this deploy."""
+    plan = file_changes(files, facts["files"])
+    if any(ch.file is not None and ch.file.is_unit for ch in plan):
+        plan.append(Change("systemd daemon-reload", [C.systemctl("daemon-reload")]))
+    restart = bool(plan) or bool(ctx.switched.get(host.name))
+    return plan + service_changes(UNIT, facts["units"].get(UNIT), restart=restart)
+
+
+def run(ctx: Ctx, engine: Engine) -> None:
+    hosts = ctx.inv.with_role("flower")
+    if not hosts:
+        return
+
+    def one(s, report):
+        host = s.host
+        fl_files, ng_files = wanted_flower_files(ctx, host), wanted_nginx_files(ctx, host)
+        facts = s.gather([F.files([f.path for f in fl_files + ng_files]), F.units([UNIT, NGINX]),
+                          cert_fact(), default_site_fact(), nginx_ok_fact()])
+        plan = flower_plan(ctx, host, fl_files, facts) + nginx_plan(ctx, host, ng_files, facts)
+        apply_plan(s, plan, report, "flower")
+
+    engine.stage("flower", [h.name for h in hosts], one)
+
+
+# For people ------------------------------------------------------------------------------
+
+def flower_url(inv) -> str:
+    """https://<address>[:port]/<prefix>/ of the flower host."""
+    hosts = inv.with_role("flower")
+    if not hosts:
+        raise LookupError(f"no host has role flower in {inv.path}")
+    f = inv.flower
+    path = f"/{f.url_prefix}/" if f.url_prefix else "/"
+    return f"https://{_url_host(hosts[0].address)}{_port_suffix(f.https_port)}{path}"
+
+
+def dashboard_info(inv) -> str:
+    """Where Flower is and where its logins are kept; never a password itself."""
+    if not inv.with_role("flower"):
+        return "Flower: no host has role flower in the inventory."
+    f = inv.flower
+    secrets = inv.state_dir / "secrets.yaml"
+    keys = [password_secret(u) for u in f.users]
+    cert = (f"certificate {f.tls_cert} (from the inventory)" if f.tls_cert is not None else
+            f"self-signed certificate made on {inv.with_role('flower')[0].name} "
+            f"({TLS_CERT}): expect a browser warning")
+    lines = [f"Flower: {flower_url(inv)}",
+             f"  users: {', '.join(f.users)}",
+             f"  passwords: in {secrets}, keys {', '.join(keys)}",
+             "    (an environment variable CELERYKIT_SECRET_<KEY IN UPPER CASE> overrides a key)",
+             f"    e.g. grep '^{keys[0]}:' {secrets}",
+             f"  HTTPS with {cert}"]
+    return "\n".join(lines)
