@@ -55,6 +55,13 @@ def fab(*args: str, check: bool = True, env: dict | None = None) -> subprocess.C
     return proc
 
 
+def summary_rows(output: str) -> dict[str, tuple[str, int]]:
+    """The deploy's closing table: host -> (unchanged|changed|failed, number of changes)."""
+    import re
+    return {m.group(1): (m.group(2), int(m.group(3))) for m in
+            re.finditer(r"^(\S+)\s+(unchanged|changed|failed)\s+(\d+)$", output, re.M)}
+
+
 class PsSampler:
     """Samples `ps -eo args` on every host while a deploy runs, to prove no secret is
     ever on a command line."""

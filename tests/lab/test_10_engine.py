@@ -3,14 +3,7 @@ secrets kept off command lines and output, the deploy lock, bad input touching n
 import re
 import stat
 
-from conftest import INVENTORY, fab
-
-
-def summary_rows(output: str) -> dict[str, tuple[str, int]]:
-    rows = {}
-    for m in re.finditer(r"^(node\d+)\s+(unchanged|changed|failed)\s+(\d+)$", output, re.M):
-        rows[m.group(1)] = (m.group(2), int(m.group(3)))
-    return rows
+from conftest import INVENTORY, fab, summary_rows
 
 
 def test_first_deploy_changed_every_host(first_deploy, inv):
