@@ -36,9 +36,9 @@ def celery_env(inv, broker_password: str, redis_password: str) -> dict[str, str]
     return env
 
 
-def env_file(env: dict[str, str]) -> str:
+def env_file(env: dict[str, str], group: str = "celery") -> str:
     """systemd EnvironmentFile and POSIX sh compatible (values single-quoted)."""
-    lines = ["# Managed by celery-kit. Contains secrets: mode 0640, root:celery."]
+    lines = [f"# Managed by celery-kit. Contains secrets: mode 0640, root:{group}."]
     for k, v in env.items():
         lines.append(f"{k}='{v}'")
     return "\n".join(lines) + "\n"

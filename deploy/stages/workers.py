@@ -107,16 +107,29 @@ def ping_cmd(app: str, names: list[str]) -> C.Cmd:
     return C.cmd("runuser", "-u", "celery", "--", "sh", "-c", script, "ping", app, ",".join(names))
 
 
+def restarts_cmd(n: int) -> C.Cmd:
+    return C.cmd("systemctl", "show", "-p", "NRestarts", "--value", *[instance(i) for i in range(1, n + 1)],
+                 sudo=False)
+
+
 def wait_for_workers(s, app: str, names: list[str], timeout: float = PING_TIMEOUT) -> set[str]:
-    """Poll Celery ping until every node name answered; returns the ones that did."""
+    """Poll Celery ping until every node name answered; returns the ones that did.
+    Gives up early when systemd has to restart an instance (a release that cannot start
+    crash-loops under Restart=always; waiting out the timeout would only delay the rollback)."""
     deadline = time.monotonic() + timeout
     answered: set[str] = set()
+    baseline = _restarts(s, len(names))
     while time.monotonic() < deadline:
         res = s.read(ping_cmd(app, names), check=False)
         answered |= set(parse_ping(res.stdout))
-        if answered >= set(names):
+        if answered >= set(names) or _restarts(s, len(names)) > baseline:
             break
     return answered
+
+
+def _restarts(s, n: int) -> int:
+    out = s.read(restarts_cmd(n), check=False).stdout.split()
+    return sum(int(x) for x in out if x.isdigit())
 
 
 def parse_ping(out: str) -> list[str]:
@@ -139,7 +152,10 @@ def switch_cmd(rid: str) -> C.Cmd:
 def run(ctx: Ctx, engine: Engine, only: set[str] | None = None) -> None:
     wanted_release = ctx.release
     inv = ctx.inv
-    hosts = [h.name for h in app_hosts(inv) if only is None or h.name in only]
+    # Worker hosts first: if a release cannot start there, the rollout stops before any
+    # host without workers (beat- or flower-only) has been switched to it.
+    ordered = sorted(app_hosts(inv), key=lambda h: not h.has("worker"))
+    hosts = [h.name for h in ordered if only is None or h.name in only]
 
     def one(s, report):
         host = s.host
@@ -182,10 +198,13 @@ def run(ctx: Ctx, engine: Engine, only: set[str] | None = None) -> None:
                                   [switch_cmd(previous), C.systemctl("restart", *[instance(i) for i in
                                                                                  range(1, scale.instances + 1)])])],
                        report, "workers")
-            raise DeployFailed(f"workers {', '.join(missing)} did not answer a ping within {PING_TIMEOUT}s "
-                               f"on release {rid}; switched back to {previous}. "
+            back = wait_for_workers(s, inv.celery.app, names)
+            say(f"  {s.name}: back on {previous}, {len(back)}/{len(names)} worker instance(s) answer ping")
+            raise DeployFailed(f"workers {', '.join(missing)} did not come up on release {rid} "
+                               f"(no ping answer, or systemd restarting them); switched back to {previous}. "
                                f"See `journalctl -u 'celery-worker@*'` on {s.name}")
-        raise DeployFailed(f"workers {', '.join(missing)} did not answer a ping within {PING_TIMEOUT}s; "
+        raise DeployFailed(f"workers {', '.join(missing)} did not come up (no ping answer, or systemd "
+                           "restarting them); "
                            f"see `journalctl -u 'celery-worker@*'` on {s.name}")
 
     engine.stage("workers (rolling)", hosts, one, serial=True)

@@ -13,6 +13,7 @@ from deploy.context import Ctx
 from deploy.facts import FileState
 from deploy.inventory import load_inventory
 from deploy.secrets import SecretStore
+from deploy import htpasswd as HT
 from deploy.stages import flower as FL
 
 INVENTORY = "/work/main/inventory.yaml"
@@ -177,28 +178,28 @@ def test_sha512_crypt_matches_crypt3():
     crypt = crypt_or_skip()
     for pw in ["", "a", "x" * 15, "y" * 16, "z" * 64, "p" * 65, "é ünïcode", "A1b2" * 50]:
         for salt in ["a", "saltsalt", "0123456789abcdef", "./AZaz09"]:
-            ours = FL.sha512_crypt(pw, salt)
+            ours = HT.sha512_crypt(pw, salt)
             assert ours == crypt.crypt(pw, f"$6${salt}$")
-            assert FL.verify_sha512_crypt(pw, ours)
-            assert not FL.verify_sha512_crypt(pw + "x", ours)
+            assert HT.verify_sha512_crypt(pw, ours)
+            assert not HT.verify_sha512_crypt(pw + "x", ours)
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl")
 def test_sha512_crypt_matches_openssl_passwd():
     out = subprocess.run(["openssl", "passwd", "-6", "-salt", "abcdefgh", "-stdin"],
                          input="s3cret\n", capture_output=True, text=True, check=True).stdout.strip()
-    assert FL.sha512_crypt("s3cret", "abcdefgh") == out
+    assert HT.sha512_crypt("s3cret", "abcdefgh") == out
 
 
 def test_htpasswd_line_is_deterministic_salted_and_verifies():
     crypt = crypt_or_skip()
-    line = FL.htpasswd_line("admin", "pw-one")
-    assert line == FL.htpasswd_line("admin", "pw-one")
+    line = HT.htpasswd_line("admin", "pw-one")
+    assert line == HT.htpasswd_line("admin", "pw-one")
     user, hashed = line.split(":", 1)
     assert user == "admin" and hashed.startswith("$6$") and "pw-one" not in line
     assert crypt.crypt("pw-one", hashed) == hashed
-    assert FL.verify_sha512_crypt("pw-one", hashed)
-    salts = {FL.htpasswd_line(u, p, k).split("$")[2]
+    assert HT.verify_sha512_crypt("pw-one", hashed)
+    salts = {HT.htpasswd_line(u, p, k).split("$")[2]
              for u, p, k in [("admin", "pw-one", ""), ("ops", "pw-one", ""), ("admin", "pw-two", ""),
                              ("admin", "pw-one", "key")]}
     assert len(salts) == 4 and all(len(s) == 16 for s in salts)
@@ -344,7 +345,7 @@ def test_first_deploy_plan_in_order(ctx):
     whats = [ch.what for ch in plan]
     assert whats == [
         f"file {FL.ENV}", f"file {FL.UNIT_FILE}", "systemd daemon-reload",
-        "enable flower.service", "start flower.service",
+        "enable flower.service", "start flower.service", "wait until Flower answers",
         f"self-signed certificate {FL.TLS_CERT} for node1",
         f"file {FL.SITE}", f"file {FL.HTPASSWD}",
         f"remove {FL.DEFAULT_SITE} (Debian's default site, also on :80)",
@@ -365,7 +366,7 @@ def test_no_secret_on_any_command_line(ctx):
 def test_switched_release_restarts_flower_only(ctx):
     facts = converged_facts(FL.wanted_files(ctx, node1(ctx)))
     ctx.switched["node1"] = True
-    assert [ch.what for ch in full_plan(ctx, facts)] == ["restart flower.service"]
+    assert [ch.what for ch in full_plan(ctx, facts)] == ["restart flower.service", "wait until Flower answers"]
     ctx.switched["node1"] = False
     assert full_plan(ctx, facts) == []
 
@@ -373,14 +374,15 @@ def test_switched_release_restarts_flower_only(ctx):
 def test_changed_env_restarts_flower_without_touching_nginx(ctx):
     facts = converged_facts(FL.wanted_files(ctx, node1(ctx)))
     facts["files"][FL.ENV] = dataclasses.replace(facts["files"][FL.ENV], sha256="0" * 64)
-    assert [ch.what for ch in full_plan(ctx, facts)] == [f"file {FL.ENV}", "restart flower.service"]
+    assert [ch.what for ch in full_plan(ctx, facts)] == [f"file {FL.ENV}", "restart flower.service", "wait until Flower answers"]
 
 
 def test_changed_unit_reloads_systemd_and_restarts(ctx):
     facts = converged_facts(FL.wanted_files(ctx, node1(ctx)))
     del facts["files"][FL.UNIT_FILE]
     assert [ch.what for ch in full_plan(ctx, facts)] == [
-        f"file {FL.UNIT_FILE}", "systemd daemon-reload", "restart flower.service"]
+        f"file {FL.UNIT_FILE}", "systemd daemon-reload", "restart flower.service",
+        "wait until Flower answers"]
 
 
 def test_changed_site_is_checked_then_reloaded_not_restarted(ctx):
