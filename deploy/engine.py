@@ -7,7 +7,6 @@ steps), and stops later stages when a host failed.
 """
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +24,6 @@ class Change:
     what: str                                  # one line for people, e.g. "file /etc/x"
     commands: list[C.Cmd] = field(default_factory=list)
     file: ManagedFile | None = None            # upload + atomic install
-    restarts: tuple[str, ...] = ()             # units this change requires restarting
 
 
 @dataclass
@@ -79,24 +77,6 @@ def _print_dry(s: Session, ch: Change) -> None:
 
 def _indent(text: str) -> str:
     return "\n".join("    " + l for l in text.splitlines())
-
-
-def restart_changes(plan: list[Change], unit_states: dict[str, dict]) -> list[Change]:
-    """Pure: after file changes, reload systemd if a unit file changed and restart each
-    notified unit once (or start it, if it was not running)."""
-    out = []
-    if any(ch.file is not None and ch.file.is_unit for ch in plan):
-        out.append(Change("systemd daemon-reload", [C.systemctl("daemon-reload")]))
-    seen = []
-    for ch in plan:
-        for unit in ch.restarts + (ch.file.notify if ch.file else ()):
-            if unit not in seen:
-                seen.append(unit)
-    for unit in seen:
-        active = unit_states.get(unit, {}).get("ActiveState") == "active"
-        out.append(Change(f"{'restart' if active else 'start'} {unit}",
-                          [C.systemctl("restart" if active else "start", unit)]))
-    return out
 
 
 StageFn = Callable[[Session, HostReport], None]
@@ -156,7 +136,3 @@ class Engine:
             if r.failed:
                 rows.append(f"\n{r.name} FAILED in {r.failed}")
         return "\n".join(rows)
-
-
-def out(msg: str) -> None:
-    sys.stdout.write(C.mask(msg) + "\n")

@@ -1,5 +1,6 @@
 """Managed files: rendered from Jinja2 templates kept in one place, compared by sha256,
-installed atomically with owner and mode, and naming the units a change must restart."""
+installed atomically with owner and mode. Each stage restarts a service only when one of
+that service's own files is in its plan."""
 from __future__ import annotations
 
 import difflib
@@ -32,7 +33,6 @@ class ManagedFile:
     group: str = "root"
     mode: int = 0o644
     secret: bool = False                  # never diffed or printed
-    notify: tuple[str, ...] = ()          # units to restart when this file changes
 
     @property
     def sha256(self) -> str:

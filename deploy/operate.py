@@ -3,19 +3,15 @@ restart, client settings, status. Each reuses the engine and the deploy stages."
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
-from . import commands as C
-from . import facts as F
 from . import lock
-from . import rabbitmq_model as M
 from .celery_env import celery_env, env_file
 from .context import Ctx
 from .engine import Change, DeployFailed, Engine, apply_plan, say
 from .runner import connect_all
 from .scale import host_scale, set_scale
-from .stages import release, workers
+from .stages import rabbitmq, release, workers
 
 
 def _with_engine(inv, names: list[str], body, dry_run: bool = False) -> Engine:
@@ -81,28 +77,13 @@ def rabbitmq_restart(inv) -> Engine:
 
     def body(ctx, engine):
         def one(s, report):
-            plan = [Change(f"rolling restart of rabbit@{s.name}", [
-                C.cmd("rabbitmq-upgrade", "await_online_synchronized_mirror", "--timeout", "120"),
-                C.cmd("rabbitmq-upgrade", "drain"),
-                C.systemctl("restart", "rabbitmq-server.service"),
-                M.ctl("await_startup", "--timeout", "300"),
-                C.cmd("rabbitmq-upgrade", "revive")])]
+            plan = [Change(f"rolling restart of rabbit@{s.name}", rabbitmq.restart_node_cmds())]
             apply_plan(s, plan, report, "rabbitmq")
             if not s.dry_run:
-                wait_cluster_running(s, every)
+                rabbitmq.wait_cluster_running(s, every)
         engine.stage("rabbitmq rolling restart", hosts, one, serial=True)
 
     return _with_engine(inv, hosts, body)
-
-
-def wait_cluster_running(s, nodes: set[str], timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        res = s.read(M.ctl("cluster_status", "--formatter", "json"), check=False)
-        status = F.parse_json(res.stdout, res.rc) or {}
-        if nodes <= set(status.get("running_nodes", [])):
-            return
-    raise DeployFailed(f"cluster did not show {sorted(nodes)} running within {timeout}s")
 
 
 def client_env(inv) -> Path:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from . import commands as C
-from .engine import Change, restart_changes
+from .engine import Change
 from .files import ManagedFile, file_drift
 from .facts import FileState
 
@@ -14,8 +14,7 @@ def file_changes(wanted: list[ManagedFile], actual: dict[str, FileState]) -> lis
         if d.content_differs:
             out.append(Change(f"file {f.path}", file=f))
         else:
-            out.append(Change(f"attributes of {f.path}", C.set_attrs(f.path, f.owner, f.group, f.mode),
-                              restarts=f.notify))
+            out.append(Change(f"attributes of {f.path}", C.set_attrs(f.path, f.owner, f.group, f.mode)))
     return out
 
 
@@ -46,7 +45,8 @@ def service_changes(unit: str, state: dict | None, restart: bool, enable: bool =
     return out
 
 
-def files_then_restarts(files: list[ManagedFile], file_states: dict[str, FileState],
-                        unit_states: dict[str, dict]) -> list[Change]:
-    plan = file_changes(files, file_states)
-    return plan + restart_changes(plan, unit_states) if plan else []
+def reload_if_units_changed(plan: list[Change]) -> list[Change]:
+    """systemd reads unit files only on daemon-reload: one, when a unit file changed."""
+    if any(ch.file is not None and ch.file.is_unit for ch in plan):
+        return [Change("systemd daemon-reload", [C.systemctl("daemon-reload")])]
+    return []

@@ -9,7 +9,7 @@ import hashlib
 import select
 import shlex
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from fabric import Connection
 
@@ -38,7 +38,6 @@ class Session:
     host: object                 # inventory.Host
     dry_run: bool = False
     round_trips: int = 0
-    applied: list[str] = field(default_factory=list)
     _conn: Connection | None = None
     _home: str | None = None
 
@@ -98,7 +97,6 @@ class Session:
 
     def apply(self, c: Cmd, check: bool = True) -> Result | None:
         """A change. Not executed in dry-run."""
-        self.applied.append(c.show())
         if self.dry_run:
             return None
         return self.read(c, check)

@@ -32,7 +32,7 @@ from ..celery_env import celery_env, env_file
 from ..context import Ctx
 from ..engine import Change, DeployFailed, Engine, apply_plan
 from ..files import ManagedFile, from_template, managed, render
-from ..ops import file_changes, service_changes
+from ..ops import file_changes, reload_if_units_changed, service_changes
 from .release import BASE
 
 UNIT = "flower.service"
@@ -214,8 +214,7 @@ def flower_plan(ctx: Ctx, host, files: list[ManagedFile], facts: dict) -> list[C
     """Pure: env file and unit, daemon-reload, and flower.service enabled and running;
     restarted when its files changed or the release was switched this deploy."""
     plan = file_changes(files, facts["files"])
-    if any(ch.file is not None and ch.file.is_unit for ch in plan):
-        plan.append(Change("systemd daemon-reload", [C.systemctl("daemon-reload")]))
+    plan += reload_if_units_changed(plan)
     restart = bool(plan) or bool(ctx.switched.get(host.name))
     service = service_changes(UNIT, facts["units"].get(UNIT), restart=restart)
     if any(c.commands[0].argv[1] in ("start", "restart") for c in service):

@@ -4,6 +4,7 @@ cluster-level objects on the first node: vhost, users, permissions, HA policy.""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from .. import commands as C
@@ -39,6 +40,26 @@ def node_files(ctx: Ctx, host) -> list:
 
 def await_node() -> list[C.Cmd]:
     return [M.ctl("await_startup", "--timeout", "300")]
+
+
+def restart_node_cmds() -> list[C.Cmd]:
+    """One node of a running cluster: mirrors in sync first (stopping it must not lose the
+    only up-to-date copy), drained (clients move to the other nodes), restarted, awaited,
+    revived. The caller then waits until the cluster shows it running again."""
+    return [C.cmd("rabbitmq-upgrade", "await_online_synchronized_mirror", "--timeout", "120"),
+            C.cmd("rabbitmq-upgrade", "drain"),
+            C.systemctl("restart", UNIT)] + await_node() + [C.cmd("rabbitmq-upgrade", "revive")]
+
+
+def wait_cluster_running(s, nodes: set[str], timeout: float = 120) -> None:
+    """Readiness of the cluster as this node sees it (cluster_status as JSON), polled."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        res = s.read(M.ctl("cluster_status", "--formatter", "json"), check=False)
+        status = F.parse_json(res.stdout, res.rc) or {}
+        if nodes <= set(status.get("running_nodes", [])):
+            return
+    raise DeployFailed(f"the cluster did not show {', '.join(sorted(nodes))} running within {timeout}s")
 
 
 def state_cmd(ctx: Ctx) -> C.Cmd:
@@ -106,14 +127,13 @@ def run(ctx: Ctx, engine: Engine) -> None:
         if not active:
             plan.append(Change(f"start {UNIT}", [C.systemctl("start", UNIT)] + await_node()))
         elif changed_files.get(s.name):
-            # Rolling: this node only; the others keep serving. Mirrors must be in sync
-            # first, or stopping this node could lose the only up-to-date copy.
-            plan.append(Change(f"restart {UNIT} (config changed)",
-                               [C.sh("rabbitmq-upgrade await_online_synchronized_mirror --timeout 120 "
-                                     "|| true"), C.systemctl("restart", UNIT)] + await_node()))
+            # Rolling: this node only (the stage is serial); the others keep serving.
+            plan.append(Change(f"restart {UNIT} (config changed)", restart_node_cmds()))
         apply_plan(s, plan, report, "rabbitmq")
         if not s.dry_run and (plan or f"rabbit@{s.name}" not in running):
             apply_plan(s, join_if_alone(s, seed, s.name), report, "rabbitmq")
+            # Next node only once this one and those before it show as running members.
+            wait_cluster_running(s, {f"rabbit@{h}" for h in hosts[:hosts.index(s.name) + 1]})
 
     engine.stage("rabbitmq nodes", hosts, node, serial=True)
 

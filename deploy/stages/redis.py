@@ -19,9 +19,9 @@ def wanted_files(ctx: Ctx, host) -> list:
     return [
         from_template(CONF, "redis.conf.j2", {"host": host, "redis": ctx.inv.redis,
                                               "dangerous_commands": DANGEROUS, "auth_file": AUTH},
-                      owner="redis", group="redis", mode=0o640, notify=(UNIT,)),
+                      owner="redis", group="redis", mode=0o640),
         managed(AUTH, f'requirepass "{password}"\n', owner="redis", group="redis", mode=0o640,
-                secret=True, notify=(UNIT,)),
+                secret=True),
     ]
 
 

@@ -15,7 +15,7 @@ from ..celery_env import celery_env, env_file
 from ..context import Ctx
 from ..engine import Change, DeployFailed, Engine, apply_plan, say
 from ..files import from_template, managed
-from ..ops import file_changes
+from ..ops import file_changes, reload_if_units_changed
 from ..scale import host_scale
 from .release import BASE, CURRENT, RELEASES, app_hosts, releases_fact
 
@@ -165,8 +165,7 @@ def run(ctx: Ctx, engine: Engine, only: set[str] | None = None) -> None:
                           F.units([TARGET, BEAT])])
         plan = file_changes(files, facts["files"])
         settings_changed = bool(plan)
-        if any(f.file is not None and f.file.path.startswith(UNIT_DIR) for f in plan):
-            plan.append(Change("systemd daemon-reload", [C.systemctl("daemon-reload")]))
+        plan += reload_if_units_changed(plan)
         rid, previous = wanted_release.get(s.name), facts["releases"]["current"]
         switched = rid is not None and rid != previous
         if switched:

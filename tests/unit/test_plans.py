@@ -2,13 +2,12 @@
 from types import SimpleNamespace as NS
 
 from deploy import ops
-from deploy.engine import Change, restart_changes
+from deploy.engine import Change
 from deploy.facts import FileState
 from deploy.files import managed
 from deploy.stages.base import BEGIN, END, hosts_file, packages_for, users_for
 
-CONF = managed("/etc/redis/redis.conf", "bind 1.2.3.4\n", owner="redis", group="redis", mode=0o640,
-               notify=("redis-server.service",))
+CONF = managed("/etc/redis/redis.conf", "bind 1.2.3.4\n", owner="redis", group="redis", mode=0o640)
 
 
 def state(f, **kw):
@@ -56,12 +55,12 @@ def test_service_restarts_only_when_its_files_changed():
         "enable x.service", "start x.service"]
 
 
-def test_restart_changes_reload_for_units_and_restart_each_notified_unit_once():
-    unit = managed("/etc/systemd/system/w@.service", "[Unit]\n", notify=("w@1.service",))
-    env = managed("/etc/celery/env", "A=1\n", notify=("w@1.service", "beat.service"))
-    plan = [Change("file", file=unit), Change("file", file=env)]
-    out = restart_changes(plan, {"w@1.service": {"ActiveState": "active"}})
-    assert [c.what for c in out] == ["systemd daemon-reload", "restart w@1.service", "start beat.service"]
+def test_daemon_reload_only_when_a_unit_file_changed():
+    unit = managed("/etc/systemd/system/w@.service", "[Unit]\n")
+    env = managed("/etc/celery/env", "A=1\n")
+    assert ops.reload_if_units_changed([Change("file", file=env)]) == []
+    (reload,) = ops.reload_if_units_changed([Change("file", file=env), Change("file", file=unit)])
+    assert reload.commands[0].argv == ("systemctl", "daemon-reload")
 
 
 INV = NS(hosts=[NS(name="node1", address="10.0.0.1"), NS(name="node2", address="10.0.0.2")])
