@@ -36,3 +36,13 @@ def test_json_and_failures():
     assert F.parse_json('[{"name": "/"}]', 0) == [{"name": "/"}]
     assert F.parse_json("Error: unable to perform an operation", 69) is None
     assert F.parse_json("not json", 0) is None
+
+
+def test_files_on_recorded_output():
+    st = F.parse_files((REC / "files.txt").read_text())
+    assert set(st) == {"/etc/hosts", "/etc/redis/redis.conf", "/var/lib/rabbitmq/.erlang.cookie"}
+    cookie = st["/var/lib/rabbitmq/.erlang.cookie"]     # (its hash zeroed in the recording)
+    assert (cookie.owner, cookie.group, cookie.mode) == ("rabbitmq", "rabbitmq", 0o400)
+    conf = st["/etc/redis/redis.conf"]
+    assert (conf.owner, conf.group, conf.mode) == ("redis", "redis", 0o640)
+    assert all(len(s.sha256) == 64 for s in st.values())

@@ -1,0 +1,49 @@
+"""Growing and shrinking the RabbitMQ cluster through the inventory, as the README says:
+a node added to the inventory joins on the next deploy; a removed one leaves cleanly."""
+import json
+from dataclasses import replace
+
+import testinfra
+
+from brokerutil import api, wait_for
+from conftest import DEPLOY_USER, INVENTORY, PROJECT, fab, summary_rows
+from deploy.lab import runtime
+
+
+def inventory_with_node4(tmp_path):
+    text = INVENTORY.read_text().replace("key: .state/lab/id_ed25519", f"key: {PROJECT}/.state/lab/id_ed25519")
+    text = text.replace("\nrabbitmq:\n", "  node4:\n    address: 10.77.0.14\n    roles: [rabbitmq]\n\nrabbitmq:\n", 1)
+    path = tmp_path / "inventory.yaml"
+    path.write_text(f"state_dir: {PROJECT}/.state\n" + text)
+    return path
+
+
+def running_nodes(host) -> set[str]:
+    return set(json.loads(host.run("sudo rabbitmqctl cluster_status --formatter json").stdout)["running_nodes"])
+
+
+def test_node_added_to_inventory_joins_and_removed_node_leaves(lab, hosts, inv, secrets, tmp_path, first_deploy):
+    assert runtime.up(replace(lab, count=4))["node4"] == "started"
+    out = fab("deploy", "--inventory", str(inventory_with_node4(tmp_path))).stdout
+    assert "WARNING: 4 RabbitMQ nodes: an even count" in out
+    four = {f"rabbit@node{i}" for i in range(1, 5)}
+    assert running_nodes(hosts["node1"]) == four
+    policy = [p for p in api(inv, secrets, "/policies/%2Fcelery") if p["name"] == "celery-kit-ha"][0]
+    assert policy["definition"]["ha-params"] == 3                     # majority of 4
+    assert hosts["node2"].run("getent hosts node4").stdout.split()[0] == "10.77.0.14"
+    # Workers fail over to the new node too: it is in their broker URL list.
+    assert "@10.77.0.14:5672/" in hosts["node2"].run("sudo cat /etc/celery-kit/celery.env").stdout
+
+    # Removal, as documented: the node resets itself out of the cluster, then the
+    # inventory without it is deployed (node list, mirror count and broker URLs follow).
+    node4 = testinfra.get_host(f"paramiko://{DEPLOY_USER}@10.77.0.14", ssh_identity_file=str(lab.key_path))
+    assert node4.run("sudo rabbitmqctl stop_app && sudo rabbitmqctl reset").rc == 0
+    three = {f"rabbit@node{i}" for i in range(1, 4)}
+    wait_for(lambda: running_nodes(hosts["node1"]) == three, 60, "node4 gone from the cluster")
+    out = fab("deploy").stdout
+    assert summary_rows(out)["node1"][0] == "changed"
+    status = json.loads(hosts["node1"].run("sudo rabbitmqctl cluster_status --formatter json").stdout)
+    assert set(status["running_nodes"]) == three and set(status["disk_nodes"]) == three
+    policy = [p for p in api(inv, secrets, "/policies/%2Fcelery") if p["name"] == "celery-kit-ha"][0]
+    assert policy["definition"]["ha-params"] == 2
+    runtime.stop_one(lab, "node4")
