@@ -20,6 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "app"
+LOCK = APP / "requirements.lock"     # fully pinned: the same id means the same wheels
 WHEEL_NAME = "celery_kit_app"
 VERSION = "1.0.0"
 EPOCH = (1980, 1, 1, 0, 0, 0)      # fixed zip timestamps: same sources, same wheel bytes
@@ -56,13 +57,18 @@ TARGET_FACT_ARGV = ("python3", "-c", "import platform; print(platform.python_ver
                     "platform.machine(), ''.join(platform.libc_ver()))")
 
 
+SKIP_DIRS = {"__pycache__", "build", "dist"}     # local build leftovers are not the app
+
+
 def app_files() -> list[Path]:
-    return sorted(p for p in APP.rglob("*.py") if "__pycache__" not in p.parts)
+    return sorted(p for p in APP.rglob("*.py")
+                  if not SKIP_DIRS & set(p.relative_to(APP).parts[:-1])
+                  and not any(part.endswith(".egg-info") for part in p.parts))
 
 
 def release_id(target: Target) -> str:
     h = hashlib.sha256()
-    for p in app_files() + [APP / "requirements.in"]:
+    for p in app_files() + [LOCK]:
         h.update(str(p.relative_to(APP)).encode() + b"\0" + p.read_bytes() + b"\0")
     h.update(f"{target.python} {target.machine} {target.glibc}".encode())
     return h.hexdigest()[:12]
@@ -109,9 +115,10 @@ def _build_release(state_dir: Path, target: Target) -> tuple[str, Path]:
     wheels = out / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
     pins = out / "requirements.txt"
-    # uv resolves markers for the exact interpreter (python_full_version matters: redis-py
-    # needs async-timeout below 3.11.3), which pip's --python-version does not.
-    _run([_tool("uv"), "pip", "compile", str(APP / "requirements.in"), "--python-version", target.python,
+    # Select from the universal lock for the exact interpreter: uv evaluates markers such as
+    # python_full_version (redis-py needs async-timeout below 3.11.3), pip's
+    # --python-version does not. Every input is pinned, so the result is deterministic.
+    _run([_tool("uv"), "pip", "compile", str(LOCK), "--python-version", target.python,
           "--python-platform", f"{target.machine}-manylinux_2_{target.glibc.split('.')[1]}",
           "--no-header", "--no-annotate", "-q", "-o", str(pins)])
     cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",

@@ -2,7 +2,16 @@
 No hand-written URLs anywhere: this is the one place broker and backend URLs are made."""
 from __future__ import annotations
 
+import ipaddress
 from urllib.parse import quote
+
+
+def url_host(address: str) -> str:
+    """An address as it goes into a URL: IPv6 in brackets."""
+    try:
+        return f"[{address}]" if ipaddress.ip_address(address).version == 6 else address
+    except ValueError:
+        return address
 
 
 def broker_urls(inv, password: str) -> list[str]:
@@ -11,12 +20,12 @@ def broker_urls(inv, password: str) -> list[str]:
     vhost = quote(r.vhost, safe="")
     user = quote(r.app_user, safe="")
     pw = quote(password, safe="")
-    return [f"amqp://{user}:{pw}@{h.address}:{r.amqp_port}/{vhost}" for h in inv.with_role("rabbitmq")]
+    return [f"amqp://{user}:{pw}@{url_host(h.address)}:{r.amqp_port}/{vhost}" for h in inv.with_role("rabbitmq")]
 
 
 def result_backend_url(inv, password: str) -> str:
     (host,) = inv.with_role("redis")
-    return f"redis://:{quote(password, safe='')}@{host.address}:{inv.redis.port}/{inv.redis.db}"
+    return f"redis://:{quote(password, safe='')}@{url_host(host.address)}:{inv.redis.port}/{inv.redis.db}"
 
 
 def celery_env(inv, broker_password: str, redis_password: str) -> dict[str, str]:

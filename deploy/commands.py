@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shlex
 import threading
+from urllib.parse import quote
 from dataclasses import dataclass, field
 
 
@@ -56,6 +57,7 @@ def register_secret(value: str) -> None:
     if value and len(value) >= 6:
         with _LOCK:
             _SECRETS.add(value)
+            _SECRETS.add(quote(value, safe=""))     # as it appears inside URLs
 
 
 def mask(text: str) -> str:
@@ -74,10 +76,12 @@ APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
 # While packages install, policy-rc.d keeps their services from starting with Debian's
 # defaults (a RabbitMQ node with the wrong cookie, a Redis without a password); each
 # component's stage starts its service once its configuration is in place.
+# An existing policy-rc.d is kept aside and put back whatever happens (trap).
 _APT_SCRIPT = (
-    'printf "#!/bin/sh\\nexit 101\\n" > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d; '
-    'apt-get update -q && apt-get install -y -q --no-install-recommends "$@"; rc=$?; '
-    'rm -f /usr/sbin/policy-rc.d; exit $rc')
+    'P=/usr/sbin/policy-rc.d; [ -e $P ] && mv $P $P.ck-saved; '
+    'trap \'rm -f $P; [ -e $P.ck-saved ] && mv $P.ck-saved $P\' EXIT HUP TERM; '
+    'printf "#!/bin/sh\\nexit 101\\n" > $P && chmod 755 $P; '
+    'apt-get update -q && apt-get install -y -q --no-install-recommends "$@"')
 
 
 def apt_install(packages: list[str]) -> list[Cmd]:
@@ -88,8 +92,9 @@ def install_file(staged: str, path: str, owner: str, group: str, mode: int) -> C
     """Install a staged upload atomically: copy next to the target with owner and mode,
     then rename over it (a reader never sees a half-written file)."""
     tmp = path + ".ck-new"
-    return cmd("sh", "-c", 'mkdir -p "${6%/*}" && install -o "$1" -g "$2" -m "$3" "$4" "$5" && '
-               'mv -f "$5" "$6" && rm -f "$4"',
+    # The staged copy is removed whatever happens: it may hold a secret.
+    return cmd("sh", "-c", 'trap \'rm -f "$4"\' EXIT; mkdir -p "${6%/*}" && '
+               'install -o "$1" -g "$2" -m "$3" "$4" "$5" && mv -f "$5" "$6"',
                "install-file", owner, group, f"{mode:04o}", staged, tmp, path)
 
 

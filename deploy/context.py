@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property
 
 from .secrets import Secret, SecretStore
 
@@ -12,11 +11,11 @@ class Ctx:
     inv: object                      # inventory.Inventory
     dry_run: bool = False
     release: dict = field(default_factory=dict)    # host -> release id it should run
-    switched: dict = field(default_factory=dict)   # host -> `current` moved this deploy
 
-    @cached_property
-    def secrets(self) -> SecretStore:
-        return SecretStore(self.inv.state_dir / "secrets.yaml")
+    def __post_init__(self) -> None:
+        # Built here, not lazily: stages ask for secrets from parallel threads, and two
+        # stores generating the same secret at once would give hosts different values.
+        self.secrets = SecretStore(self.inv.state_dir / "secrets.yaml")
 
     def secret(self, name: str, length: int = 40) -> Secret:
         return self.secrets.get(name, length)

@@ -47,8 +47,8 @@ def say(line: str) -> None:
 
 
 def apply_plan(s: Session, plan: list[Change], report: HostReport, stage: str) -> None:
-    """Execute a plan in order: files first (so units see their config), then a
-    daemon-reload if a unit file changed, then the restarts the changed files asked for."""
+    """Execute a plan in the order the stage built it (stages put files before the
+    daemon-reload and restarts that depend on them). In dry-run, print it instead."""
     if not plan:
         return
     for ch in plan:

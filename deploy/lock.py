@@ -39,7 +39,11 @@ def acquire_all(sessions: list[Session], owner: str) -> None:
     """Take the lock on every host, or on none: release what was taken if one is held."""
     taken, held = [], []
     for s in sessions:
-        res = s.read(acquire_cmd(owner), check=False)
+        try:
+            res = s.read(acquire_cmd(owner), check=False)
+        except Exception as exc:          # SSH dropped: give back what was taken
+            held.append(f"{s.name}: could not take the lock: {type(exc).__name__}: {exc}")
+            break
         if res.rc == 0:
             taken.append(s)
         elif res.rc == 75:

@@ -15,7 +15,8 @@ from .stages import rabbitmq, release, workers
 
 
 def _with_engine(inv, names: list[str], body, dry_run: bool = False) -> Engine:
-    """Connect to the named hosts, take the deploy lock, run body(ctx, engine), report."""
+    """Connect to the named hosts, take the deploy lock, run body(ctx, engine), report.
+    body runs only with the lock held, so nothing is recorded for a refused operation."""
     ctx = Ctx(inv, dry_run)
     sessions = connect_all(inv, dry_run, only=names)
     engine = Engine(sessions, dry_run)
@@ -37,12 +38,17 @@ def scale_workers(inv, instances: int | None, concurrency: int | None, host: str
     for h in targets:
         if not h.has("worker"):
             raise DeployFailed(f"{h.name} has no role worker")
-        before = host_scale(inv, h)
-        after = set_scale(inv, h, instances, concurrency)
-        say(f"{h.name}: instances {before.instances} -> {after.instances}, "
-            f"concurrency {before.concurrency} -> {after.concurrency}")
     names = [h.name for h in targets]
-    return _with_engine(inv, names, lambda ctx, eng: workers.run(ctx, eng, only=set(names)))
+
+    def body(ctx, engine):
+        for h in targets:
+            before = host_scale(inv, h)
+            after = set_scale(inv, h, instances, concurrency)
+            say(f"{h.name}: instances {before.instances} -> {after.instances}, "
+                f"concurrency {before.concurrency} -> {after.concurrency}")
+        workers.run(ctx, engine, only=set(names))
+
+    return _with_engine(inv, names, body)
 
 
 def rollback(inv) -> Engine:
@@ -93,6 +99,7 @@ def client_env(inv) -> Path:
     path = inv.state_dir / "celery.env"
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(env_file(env))
     return path

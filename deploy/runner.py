@@ -10,7 +10,7 @@ from .engine import Engine, say
 from .stages import base, flower, rabbitmq, redis, release, workers
 from .transport import Session
 
-# workers before flower: it records whether a host's release was switched.
+# workers before flower: it marks a flower host whose release was switched.
 STAGES = [base, rabbitmq, redis, release, workers, flower]
 
 
@@ -19,7 +19,9 @@ class Unreachable(RuntimeError):
 
 
 def connect_all(inv, dry_run: bool, only: list[str] | None = None) -> dict[str, Session]:
-    sessions = {h.name: Session(h, dry_run) for h in inv.hosts if only is None or h.name in only}
+    timeout = max(3600, 2 * inv.celery.stop_timeout + 300)
+    sessions = {h.name: Session(h, dry_run, command_timeout=timeout)
+                for h in inv.hosts if only is None or h.name in only}
 
     def connect(s: Session):
         try:

@@ -9,7 +9,11 @@ from pathlib import Path
 from invoke import Collection, task
 from invoke.exceptions import Exit
 
+import paramiko
+
 from . import lock, operate, runner
+from .commands import mask
+from .transport import CommandError
 from .engine import DeployFailed
 from .inventory import InventoryError, load_inventory
 
@@ -29,8 +33,9 @@ def guarded(fn):
     """Known failures end with their message and exit 1, not a traceback."""
     try:
         result = fn()
-    except (runner.Unreachable, lock.Locked, DeployFailed, KeyError) as exc:
-        raise Exit(f"error: {exc}", code=1)
+    except (runner.Unreachable, lock.Locked, DeployFailed, CommandError, KeyError,
+            PermissionError, paramiko.SSHException, OSError) as exc:
+        raise Exit(f"error: {mask(str(exc))}", code=1)
     if getattr(result, "failed", False):     # an Engine whose stages failed
         raise Exit("failed (see above)", code=1)
     return result
@@ -68,7 +73,7 @@ def rollback(c, inventory=DEFAULT_INVENTORY):
 @task(name="client-env", help=INV)
 def client_env(c, inventory=DEFAULT_INVENTORY):
     """Write the Celery settings for producers on this machine (.state/celery.env, 0600)."""
-    path = operate.client_env(load(inventory))
+    path = guarded(lambda: operate.client_env(load(inventory)))
     print(f"wrote {path}\nuse: set -a; . {path}; set +a; python -c 'from app.tasks import add; "
           f"print(add.delay(4, 4).get(timeout=10))'")
 
@@ -107,7 +112,7 @@ def unlock(c, inventory=DEFAULT_INVENTORY):
     inv = load(inventory)
     sessions = guarded(lambda: runner.connect_all(inv, False))
     for s in sessions.values():
-        s.read(lock.release_cmd())
+        guarded(lambda: s.read(lock.release_cmd()))
         print(f"{s.name}: unlocked")
         s.close()
 

@@ -37,6 +37,9 @@ class CommandError(RuntimeError):
 class Session:
     host: object                 # inventory.Host
     dry_run: bool = False
+    # A worker restart waits for running tasks (up to the units' TimeoutStopSec), so one
+    # command may legitimately take that long; runner sets it from the inventory.
+    command_timeout: float = 3600
     round_trips: int = 0
     _conn: Connection | None = None
     _home: str | None = None
@@ -63,8 +66,9 @@ class Session:
             self._conn = None
 
     # Running ------------------------------------------------------------------------
-    def exec(self, command: str, stdin: bytes | None = None, timeout: float = 1800) -> Result:
+    def exec(self, command: str, stdin: bytes | None = None, timeout: float | None = None) -> Result:
         """One round trip. Reads stdout and stderr together so neither pipe can fill up."""
+        timeout = timeout or self.command_timeout
         self.round_trips += 1
         chan = self.connection().client.get_transport().open_session()
         chan.exec_command(command)
@@ -128,8 +132,11 @@ class Session:
         """Upload content to a private staging dir; returns the remote path. SFTP, so the
         content (secrets included) never appears on a command line."""
         if self._home is None:
-            self._home = self.exec(shlex.join(["sh", "-c", f"install -d -m 0700 {STAGING} && pwd"])
-                                   ).stdout.strip()
+            res = self.exec(shlex.join(["sh", "-c", f"install -d -m 0700 {STAGING} && pwd"]))
+            if res.rc != 0 or not res.stdout.strip():
+                raise CommandError(self.name, f"install -d -m 0700 ~/{STAGING}", res.rc,
+                                   res.stderr or "the SSH user needs a writable home directory")
+            self._home = res.stdout.strip()
         path = f"{self._home}/{STAGING}/{hashlib.sha256(content).hexdigest()[:16]}"
         self.round_trips += 1
         with self.connection().sftp().open(path, "wb") as f:

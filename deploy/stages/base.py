@@ -2,10 +2,13 @@
 the packages the host's roles need (one apt transaction), and the service users."""
 from __future__ import annotations
 
+import ipaddress
+import socket
+
 from .. import commands as C
 from .. import facts as F
 from ..context import Ctx
-from ..engine import Change, Engine, apply_plan
+from ..engine import Change, DeployFailed, Engine, apply_plan
 from ..files import managed
 from ..ops import file_changes, package_changes, user_changes
 
@@ -14,7 +17,7 @@ BEGIN = "# BEGIN celery-kit: inventory hosts (managed, edits here are overwritte
 END = "# END celery-kit"
 
 PACKAGES = {
-    "rabbitmq": ["rabbitmq-server"],
+    "rabbitmq": ["rabbitmq-server", "python3"],    # python3 reads the management API
     "redis": ["redis-server"],
     "worker": ["python3-venv"],
     "beat": ["python3-venv"],
@@ -35,10 +38,23 @@ def users_for(host) -> dict[str, str]:
     return out
 
 
-def hosts_file(current: str, inv) -> str:
+def ip_of(address: str) -> str:
+    """An inventory address as an IP for /etc/hosts; a DNS name is resolved here, on the
+    control machine (an /etc/hosts line needs an address, not another name)."""
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        pass
+    try:
+        return socket.getaddrinfo(address, None, type=socket.SOCK_STREAM)[0][4][0]
+    except OSError as exc:
+        raise DeployFailed(f"cannot resolve inventory address {address!r}: {exc}")
+
+
+def hosts_file(current: str, inv, resolve=ip_of) -> str:
     """Pure: /etc/hosts with the kit's block (every inventory host) replaced or appended.
-    RabbitMQ node names are rabbit@<hostname>, so every node must resolve every other."""
-    block = [BEGIN] + [f"{h.address}\t{h.name}" for h in inv.hosts] + [END]
+    RabbitMQ node names are rabbit@<inventory name>, so every node must resolve every other."""
+    block = [BEGIN] + [f"{resolve(h.address)}\t{h.name}" for h in inv.hosts] + [END]
     lines = current.splitlines()
     if BEGIN in lines and END in lines:
         i, j = lines.index(BEGIN), lines.index(END)
@@ -57,6 +73,7 @@ def proxy_conf(url: str) -> str:
 
 def run(ctx: Ctx, engine: Engine) -> None:
     inv = ctx.inv
+    addresses = {h.address: ip_of(h.address) for h in inv.hosts}    # resolved once
 
     def one(s, report):
         host = s.host
@@ -64,7 +81,7 @@ def run(ctx: Ctx, engine: Engine) -> None:
         facts = s.gather([F.files([PROXY_CONF]), F.packages(pkgs), F.users(list(users) or ["root"]),
                           F.file_content("hosts", "/etc/hosts")])
         plan: list[Change] = []
-        wanted_hosts = hosts_file(facts["hosts"] or "", inv)
+        wanted_hosts = hosts_file(facts["hosts"] or "", inv, addresses.__getitem__)
         if wanted_hosts != facts["hosts"]:
             plan.append(Change("file /etc/hosts", file=managed("/etc/hosts", wanted_hosts)))
         if inv.apt.proxy:

@@ -28,12 +28,13 @@ from urllib.parse import quote
 from .. import commands as C
 from ..htpasswd import htpasswd_line
 from .. import facts as F
-from ..celery_env import celery_env, env_file
+from ..celery_env import celery_env, env_file, url_host
 from ..context import Ctx
 from ..engine import Change, DeployFailed, Engine, apply_plan
 from ..files import ManagedFile, from_template, managed, render
 from ..ops import file_changes, reload_if_units_changed, service_changes
 from .release import BASE
+from .workers import FLOWER_RESTART_PENDING
 
 UNIT = "flower.service"
 UNIT_FILE = f"/etc/systemd/system/{UNIT}"
@@ -70,13 +71,6 @@ def htpasswd_file(ctx: Ctx) -> str:
 
 # Flower ----------------------------------------------------------------------------------
 
-def _url_host(address: str) -> str:
-    try:
-        return f"[{address}]" if ipaddress.ip_address(address).version == 6 else address
-    except ValueError:
-        return address
-
-
 def broker_api_url(inv, host, admin_password: str) -> str:
     """RabbitMQ's management API, for queue lengths. The flower host's own node when it runs
     RabbitMQ, else the first RabbitMQ host (the flower host need not run RabbitMQ)."""
@@ -84,7 +78,7 @@ def broker_api_url(inv, host, admin_password: str) -> str:
     node = host if host.has("rabbitmq") else nodes[0]
     r = inv.rabbitmq
     return (f"http://{quote(r.admin_user, safe='')}:{quote(admin_password, safe='')}@"
-            f"{_url_host(node.address)}:{r.management_port}/api/")
+            f"{url_host(node.address)}:{r.management_port}/api/")
 
 
 def flower_env(ctx: Ctx, host) -> dict[str, str]:
@@ -212,13 +206,16 @@ def nginx_plan(ctx: Ctx, host, files: list[ManagedFile], facts: dict) -> list[Ch
 
 def flower_plan(ctx: Ctx, host, files: list[ManagedFile], facts: dict) -> list[Change]:
     """Pure: env file and unit, daemon-reload, and flower.service enabled and running;
-    restarted when its files changed or the release was switched this deploy."""
+    restarted when its files changed or its host's release was switched (a marker file the
+    workers stage leaves, so a deploy that failed in between still restarts it next time)."""
     plan = file_changes(files, facts["files"])
     plan += reload_if_units_changed(plan)
-    restart = bool(plan) or bool(ctx.switched.get(host.name))
+    restart = bool(plan) or facts.get("release_switched", False)
     service = service_changes(UNIT, facts["units"].get(UNIT), restart=restart)
     if any(c.commands[0].argv[1] in ("start", "restart") for c in service):
-        service.append(Change("wait until Flower answers", [wait_ready_cmd(ctx.inv)]))
+        service.append(Change("wait until Flower answers", [wait_ready_cmd(ctx.inv)] +
+                              ([C.cmd("rm", "-f", FLOWER_RESTART_PENDING)]
+                               if facts.get("release_switched") else [])))
     return plan + service
 
 
@@ -252,7 +249,8 @@ def run(ctx: Ctx, engine: Engine) -> None:
         host = s.host
         fl_files, ng_files = wanted_flower_files(ctx, host), wanted_nginx_files(ctx, host)
         facts = s.gather([F.files([f.path for f in fl_files + ng_files]), F.units([UNIT, NGINX]),
-                          cert_fact(), default_site_fact(), nginx_ok_fact()])
+                          cert_fact(), default_site_fact(), nginx_ok_fact(),
+                          F.exit_ok("release_switched", "test", "-e", FLOWER_RESTART_PENDING)])
         plan = flower_plan(ctx, host, fl_files, facts) + nginx_plan(ctx, host, ng_files, facts)
         apply_plan(s, plan, report, "flower")
 
@@ -268,7 +266,7 @@ def flower_url(inv) -> str:
         raise LookupError(f"no host has role flower in {inv.path}")
     f = inv.flower
     path = f"/{f.url_prefix}/" if f.url_prefix else "/"
-    return f"https://{_url_host(hosts[0].address)}{_port_suffix(f.https_port)}{path}"
+    return f"https://{url_host(hosts[0].address)}{_port_suffix(f.https_port)}{path}"
 
 
 def dashboard_info(inv) -> str:

@@ -17,6 +17,9 @@ from ..ops import file_changes
 
 UNIT = "rabbitmq-server.service"
 COOKIE = "/var/lib/rabbitmq/.erlang.cookie"
+# Written with a config change on a running node, removed after its rolling restart: a
+# deploy that fails in between leaves it, so the next deploy still restarts that node.
+RESTART_PENDING = "/var/lib/rabbitmq/.celery-kit-restart-pending"
 STATE_SCRIPT = (Path(__file__).resolve().parents[1] / "hostscripts" / "rabbitmq_state.py").read_text()
 
 
@@ -70,20 +73,24 @@ def state_cmd(ctx: Ctx) -> C.Cmd:
 
 
 def read_state(ctx: Ctx, s) -> dict:
-    res = s.read(state_cmd(ctx), check=False)
+    """Never raises: unknown state only means every cluster step is planned (idempotent)."""
     try:
+        res = s.read(state_cmd(ctx), check=False)
         return json.loads(res.stdout)
-    except ValueError:
-        return {"ok": False, "error": res.stderr[-300:]}
+    except Exception as exc:
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
 
 
 def join_if_alone(s, seed: str, me: str) -> list[Change]:
     """A node that came up outside the cluster (an earlier standalone start) is reset and
     joined to the seed. Reads cluster_status as JSON."""
     res = s.read(M.ctl("cluster_status", "--formatter", "json"), check=False)
-    status = F.parse_json(res.stdout, res.rc) or {}
+    status = F.parse_json(res.stdout, res.rc)
+    if status is None:
+        raise DeployFailed(f"cannot read the cluster status of rabbit@{me}: {res.stderr.strip()[-300:]}")
     members = set(status.get("disk_nodes", [])) | set(status.get("running_nodes", []))
-    if f"rabbit@{seed}" in members or me == seed:
+    # Reset only a node that is provably alone: a reset throws away its data.
+    if me == seed or members != {f"rabbit@{me}"}:
         return []
     return [Change(f"join cluster via rabbit@{seed}",
                    [M.ctl("stop_app"), M.ctl("reset"), M.ctl("join_cluster", f"rabbit@{seed}"),
@@ -99,7 +106,6 @@ def run(ctx: Ctx, engine: Engine) -> None:
     if warning:
         say(f"  WARNING: {warning}")
     seed = hosts[0]
-    changed_files: dict[str, bool] = {}
 
     def files(s, report):
         wanted = node_files(ctx, s.host)
@@ -109,7 +115,8 @@ def run(ctx: Ctx, engine: Engine) -> None:
         if problem:
             raise DeployFailed(problem)
         plan = file_changes(wanted, facts["files"])
-        changed_files[s.name] = bool(plan)
+        if plan and facts["units"].get(UNIT, {}).get("ActiveState") == "active":
+            plan.append(Change(f"mark rabbit@{s.name} for a rolling restart", [C.cmd("touch", RESTART_PENDING)]))
         apply_plan(s, plan, report, "rabbitmq")
 
     engine.stage("rabbitmq config", hosts, files)
@@ -119,16 +126,20 @@ def run(ctx: Ctx, engine: Engine) -> None:
     running = {n["name"] for n in cluster.get("nodes", []) if n.get("running")}
 
     def node(s, report):
-        unit = s.gather([F.units([UNIT])])["units"].get(UNIT, {})
+        facts = s.gather([F.units([UNIT]), F.exit_ok("pending", "test", "-e", RESTART_PENDING)])
+        # In a dry run the marker was only planned, not written: read the plan instead.
+        planned = f"rabbitmq: mark rabbit@{s.name} for a rolling restart" in report.changed
+        unit, pending = facts["units"].get(UNIT, {}), facts["pending"] or (s.dry_run and planned)
         active = unit.get("ActiveState") == "active"
+        clear = [C.cmd("rm", "-f", RESTART_PENDING)] if facts["pending"] else []
         plan: list[Change] = []
         if unit.get("UnitFileState") != "enabled":
             plan.append(Change(f"enable {UNIT}", [C.systemctl("enable", UNIT)]))
         if not active:
-            plan.append(Change(f"start {UNIT}", [C.systemctl("start", UNIT)] + await_node()))
-        elif changed_files.get(s.name):
+            plan.append(Change(f"start {UNIT}", [C.systemctl("start", UNIT)] + await_node() + clear))
+        elif pending:
             # Rolling: this node only (the stage is serial); the others keep serving.
-            plan.append(Change(f"restart {UNIT} (config changed)", restart_node_cmds()))
+            plan.append(Change(f"restart {UNIT} (config changed)", restart_node_cmds() + clear))
         apply_plan(s, plan, report, "rabbitmq")
         if not s.dry_run and (plan or f"rabbit@{s.name}" not in running):
             apply_plan(s, join_if_alone(s, seed, s.name), report, "rabbitmq")

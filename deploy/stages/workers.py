@@ -25,6 +25,7 @@ UNIT_DIR = "/etc/systemd/system"
 TARGET = "celery-workers.target"
 BEAT = "celery-beat.service"
 PING_TIMEOUT = 120
+FLOWER_RESTART_PENDING = f"{BASE}/.flower-restart-pending"
 
 
 def instance(i: int) -> str:
@@ -170,7 +171,9 @@ def run(ctx: Ctx, engine: Engine, only: set[str] | None = None) -> None:
         switched = rid is not None and rid != previous
         if switched:
             plan.append(Change(f"switch current to release {rid}", [switch_cmd(rid)]))
-        ctx.switched[s.name] = switched
+        if switched and host.has("flower"):
+            # Flower runs from the release too; the flower stage restarts it and clears this.
+            plan[-1].commands.append(C.cmd("touch", FLOWER_RESTART_PENDING))
         restart = settings_changed or switched
         if host.has("worker"):
             if facts["units"].get(TARGET, {}).get("UnitFileState") != "enabled":
@@ -193,10 +196,9 @@ def run(ctx: Ctx, engine: Engine, only: set[str] | None = None) -> None:
             return
         missing = sorted(set(names) - answered)
         if switched and previous:
+            units = [instance(i) for i in range(1, scale.instances + 1)] + ([BEAT] if host.has("beat") else [])
             apply_plan(s, [Change(f"roll back to release {previous}",
-                                  [switch_cmd(previous), C.systemctl("restart", *[instance(i) for i in
-                                                                                 range(1, scale.instances + 1)])])],
-                       report, "workers")
+                                  [switch_cmd(previous), C.systemctl("restart", *units)])], report, "workers")
             back = wait_for_workers(s, inv.celery.app, names)
             say(f"  {s.name}: back on {previous}, {len(back)}/{len(names)} worker instance(s) answer ping")
             raise DeployFailed(f"workers {', '.join(missing)} did not come up on release {rid} "

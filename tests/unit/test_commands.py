@@ -14,12 +14,13 @@ def test_env_goes_before_the_command_under_sudo():
     assert c.shell() == "sudo -n -H env DEBIAN_FRONTEND=noninteractive apt-get update"
 
 
-def test_apt_install_blocks_service_start_and_always_removes_the_block():
+def test_apt_install_blocks_service_start_and_always_restores_policy_rc_d():
     (c,) = C.apt_install(["redis-server", "rabbitmq-server"])
     assert c.argv[:2] == ("sh", "-c")
     script = c.argv[2]
     assert "exit 101" in script and script.index("policy-rc.d") < script.index("apt-get install")
-    assert script.endswith("rm -f /usr/sbin/policy-rc.d; exit $rc")
+    # An admin's own policy-rc.d is set aside and put back, even if the connection drops.
+    assert "mv $P $P.ck-saved" in script and "trap 'rm -f $P; [ -e $P.ck-saved ] && mv $P.ck-saved $P' EXIT" in script
     assert c.argv[3:] == ("apt-install", "rabbitmq-server", "redis-server")   # sorted, as args
 
 
@@ -28,6 +29,7 @@ def test_install_file_is_atomic_with_owner_and_mode():
     assert c.argv[3:] == ("install-file", "redis", "redis", "0640", "/home/deploy/.celery-kit-staging/ab",
                           "/etc/redis/redis.conf.ck-new", "/etc/redis/redis.conf")
     assert 'mv -f "$5" "$6"' in c.argv[2]
+    assert c.argv[2].startswith("trap 'rm -f \"$4\"' EXIT")       # staged copy never left behind
 
 
 def test_system_user_and_mkdir():

@@ -365,9 +365,11 @@ def test_no_secret_on_any_command_line(ctx):
 
 def test_switched_release_restarts_flower_only(ctx):
     facts = converged_facts(FL.wanted_files(ctx, node1(ctx)))
-    ctx.switched["node1"] = True
-    assert [ch.what for ch in full_plan(ctx, facts)] == ["restart flower.service", "wait until Flower answers"]
-    ctx.switched["node1"] = False
+    facts["release_switched"] = True
+    plan = full_plan(ctx, facts)
+    assert [ch.what for ch in plan] == ["restart flower.service", "wait until Flower answers"]
+    assert plan[-1].commands[-1].argv == ("rm", "-f", FL.FLOWER_RESTART_PENDING)
+    facts["release_switched"] = False
     assert full_plan(ctx, facts) == []
 
 

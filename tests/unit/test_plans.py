@@ -82,5 +82,11 @@ def test_hosts_file_replaces_an_outdated_block_and_keeps_the_rest():
 
 def test_packages_and_users_follow_roles():
     h = NS(roles=frozenset({"rabbitmq", "worker"}))
-    assert packages_for(h) == ["python3-venv", "rabbitmq-server"]
+    assert packages_for(h) == ["python3", "python3-venv", "rabbitmq-server"]
     assert users_for(h) == {"celery": "/var/lib/celery"}
+
+
+def test_hosts_file_resolves_dns_names_to_addresses():
+    inv = NS(hosts=[NS(name="node1", address="10.0.0.1"), NS(name="node3", address="node3.example.internal")])
+    out = hosts_file("", inv, {"10.0.0.1": "10.0.0.1", "node3.example.internal": "10.0.0.3"}.__getitem__)
+    assert "10.0.0.3\tnode3" in out and "node3.example.internal" not in out
