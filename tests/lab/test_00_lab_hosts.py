@@ -65,3 +65,21 @@ def test_stop_and_start_one_host(lab, lab_hosts):
 def test_unknown_host_is_a_clear_error(lab):
     with pytest.raises(runtime.LabError, match="no host named 'node9'"):
         runtime.stop_one(lab, "node9")
+
+
+def test_readiness_restarts_a_unit_that_failed_once(lab, lab_hosts):
+    """What lab.up does when an early-boot unit lost the cgroup v1 race in a container."""
+    from deploy.lab.ready import wait_ready
+    host = lab_hosts["node2"]
+    unit = "/etc/systemd/system/ck-once.service"
+    host.run(f"printf '[Service]\\nType=oneshot\\nRemainAfterExit=yes\\nExecStart=/bin/sh -c "
+             f"\"test -e /run/ck-once || {{ touch /run/ck-once; exit 1; }}\"\\n' | sudo tee {unit} >/dev/null "
+             "&& sudo systemctl daemon-reload && sudo rm -f /run/ck-once")
+    try:
+        host.run("sudo systemctl start ck-once")
+        assert host.run("systemctl is-system-running").stdout.strip() == "degraded"
+        assert wait_ready(lab.host(2).address, "deploy", lab.key_path, 30) == "running"
+        assert host.run("systemctl is-active ck-once").stdout.strip() == "active"
+    finally:
+        host.run(f"sudo systemctl stop ck-once; sudo rm -f {unit} /run/ck-once; sudo systemctl daemon-reload; "
+                 "sudo systemctl reset-failed")
