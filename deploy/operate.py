@@ -5,32 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import lock
 from .celery_env import celery_env, env_file
 from .context import Ctx
 from .engine import Change, DeployFailed, Engine, apply_plan, say
-from .runner import connect_all
+from .runner import connect_all, run_locked
 from .scale import host_scale, set_scale
 from .stages import rabbitmq, release, workers
-
-
-def _with_engine(inv, names: list[str], body, dry_run: bool = False) -> Engine:
-    """Connect to the named hosts, take the deploy lock, run body(ctx, engine), report.
-    body runs only with the lock held, so nothing is recorded for a refused operation."""
-    ctx = Ctx(inv, dry_run)
-    sessions = connect_all(inv, dry_run, only=names)
-    engine = Engine(sessions, dry_run)
-    if not dry_run:
-        lock.acquire_all(list(sessions.values()), lock.owner_line())
-    try:
-        body(ctx, engine)
-    finally:
-        if not dry_run:
-            lock.release_all(list(sessions.values()))
-        for s in sessions.values():
-            s.close()
-    say("\n" + engine.summary())
-    return engine
 
 
 def scale_workers(inv, instances: int | None, concurrency: int | None, host: str | None) -> Engine:
@@ -48,7 +28,7 @@ def scale_workers(inv, instances: int | None, concurrency: int | None, host: str
                 f"concurrency {before.concurrency} -> {after.concurrency}")
         workers.run(ctx, engine, only=set(names))
 
-    return _with_engine(inv, names, body)
+    return run_locked(inv, body, only=names)
 
 
 def rollback(inv) -> Engine:
@@ -67,7 +47,7 @@ def rollback(inv) -> Engine:
         workers.run(ctx, engine)
         _flower_stage().run(ctx, engine)
 
-    return _with_engine(inv, hosts, body)
+    return run_locked(inv, body, only=hosts)
 
 
 def _flower_stage():
@@ -89,7 +69,7 @@ def rabbitmq_restart(inv) -> Engine:
                 rabbitmq.wait_cluster_running(s, every)
         engine.stage("rabbitmq rolling restart", hosts, one, serial=True)
 
-    return _with_engine(inv, hosts, body)
+    return run_locked(inv, body, only=hosts)
 
 
 def client_env(inv) -> Path:

@@ -39,19 +39,19 @@ def connect_all(inv, dry_run: bool, only: list[str] | None = None) -> dict[str, 
     return sessions
 
 
-def deploy(inv, dry_run: bool = False, stages=None) -> Engine:
+def run_locked(inv, body, dry_run: bool = False, only: list[str] | None = None) -> Engine:
+    """Connect, take the deploy lock (not for a dry run), run body(ctx, engine), release,
+    disconnect, print the per-host summary. body runs only with the lock held, so nothing
+    is done or recorded for an operation the lock refused."""
     t0 = time.monotonic()
     ctx = Ctx(inv, dry_run)
-    sessions = connect_all(inv, dry_run)
+    sessions = connect_all(inv, dry_run, only)
     engine = Engine(sessions, dry_run)
     try:
         if not dry_run:
             lock.acquire_all(list(sessions.values()), lock.owner_line())
         try:
-            for stage in stages or STAGES:
-                stage.run(ctx, engine)
-                if engine.failed:
-                    break
+            body(ctx, engine)
         finally:
             if not dry_run:
                 lock.release_all(list(sessions.values()))
@@ -60,6 +60,15 @@ def deploy(inv, dry_run: bool = False, stages=None) -> Engine:
             s.close()
     engine.elapsed = time.monotonic() - t0
     say(("\nDRY RUN: nothing was changed.\n" if dry_run else "\n") + engine.summary())
-    say(f"{'planned' if dry_run else 'deployed'} in {engine.elapsed:.1f}s, SSH round trips: " +
+    say(f"{'planned' if dry_run else 'done'} in {engine.elapsed:.1f}s, SSH round trips: " +
         ", ".join(f"{n} {s.round_trips}" for n, s in sessions.items()))
     return engine
+
+
+def deploy(inv, dry_run: bool = False, stages=None) -> Engine:
+    def body(ctx, engine):
+        for stage in stages or STAGES:
+            stage.run(ctx, engine)
+            if engine.failed:
+                break
+    return run_locked(inv, body, dry_run)

@@ -1,7 +1,6 @@
 """`fab lab.*`: the lab of Debian hosts on this machine (systemd-nspawn on a private bridge)."""
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 

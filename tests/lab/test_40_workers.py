@@ -1,9 +1,7 @@
 """Celery workers under systemd: the quick start, send_task by name, both hosts working,
 scaling, and a code rollout under load that loses nothing, then a rollback."""
-import json
 import subprocess
 import sys
-import time
 import uuid
 
 from brokerutil import wait_for

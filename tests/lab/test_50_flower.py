@@ -2,7 +2,6 @@
 a real browser logs in and sees workers and tasks, and Flower rides out a broker restart."""
 import base64
 import ssl
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -10,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from brokerutil import wait_for
-from conftest import fab
 
 
 @pytest.fixture(scope="module")

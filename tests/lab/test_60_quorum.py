@@ -1,6 +1,5 @@
 """The same cluster switched to quorum queues (inventory queue_mode: quorum, on its own
 vhost): no HA policy, Celery declares quorum queues, and a SIGKILLed leader loses nothing."""
-import json
 
 import pytest
 

@@ -1,5 +1,4 @@
 """Runs last (file order, 99): the lab comes down without leaving anything behind."""
-from pathlib import Path
 
 from deploy.lab import procs, runtime
 
