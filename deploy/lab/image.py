@@ -23,18 +23,19 @@ def ensure_base_image(spec: LabSpec, log=print) -> tuple[Path, bool]:
     tmp = final.with_name(final.name + ".building")
     if tmp.exists():
         shutil.rmtree(tmp)
-    log(f"lab: building base image {final.name} (debootstrap, about a minute)")
-    _run(debootstrap_argv(tmp), "debootstrap")
-    _run(chroot_setup_argv(tmp), "base image setup")
+    log(f"lab: building base image {final.name} (debootstrap of Debian {spec.release}, about a minute)")
+    _run(debootstrap_argv(tmp, spec.release), "debootstrap")
+    _run(chroot_setup_argv(tmp, spec.release), "base image setup")
     tmp.rename(final)
     _remove_stale_images(spec, keep=final)
     return final, True
 
 
 def _remove_stale_images(spec: LabSpec, keep: Path) -> None:
-    # Old recipes are only disk usage; one still under a running host's overlay stays.
+    # Old recipes of this release are only disk usage; one still under a running host's
+    # overlay stays. The other release's image is left alone.
     mounts = Path("/proc/mounts").read_text()
-    for old in spec.cache_dir.glob("base-*"):
+    for old in spec.cache_dir.glob(f"base-{spec.release}-*"):
         if old != keep and not old.name.endswith(".building") and str(old) not in mounts:
             shutil.rmtree(old, ignore_errors=True)
 

@@ -124,3 +124,47 @@ def link_exists(name: str) -> bool:
 
 def links_with_prefix(prefix: str) -> list[str]:
     return sorted(p.name for p in Path("/sys/class/net").iterdir() if p.name.startswith(prefix))
+
+
+# cgroups ------------------------------------------------------------------------
+# systemd-nspawn --keep-unit puts its container into "payload" below the cgroup it was
+# started in. Started from the same cgroup, every host's systemd would manage the SAME
+# payload tree and fight the others over it (units failing at boot with "Failed to attach
+# ... to compat systemd cgroup", slow logins). Each host's nspawn therefore starts in a
+# cgroup of its own, in every hierarchy systemd uses.
+
+def cgroup_hierarchies() -> list[Path]:
+    """Mount points of the cgroup2 hierarchy and of the named v1 'systemd' one."""
+    out = []
+    for line in Path("/proc/mounts").read_text().splitlines():
+        _, mp, fstype, opts = line.split()[:4]
+        if fstype == "cgroup2" or (fstype == "cgroup" and "name=systemd" in opts.split(",")):
+            out.append(Path(mp))
+    return out
+
+
+def make_cgroup(rel: str) -> list[Path]:
+    dirs = [h / rel for h in cgroup_hierarchies()]
+    for d in dirs:
+        d.mkdir(parents=True, exist_ok=True)
+    return dirs
+
+
+def enter_cgroups(dirs: list[Path]) -> None:
+    """In a child before exec (preexec_fn): move this process into each cgroup."""
+    for d in dirs:
+        with open(d / "cgroup.procs", "w") as f:
+            f.write(str(os.getpid()))
+
+
+def remove_cgroup(rel: str) -> None:
+    """Remove a host's cgroup trees once nothing runs in them (deepest first)."""
+    for h in cgroup_hierarchies():
+        top = h / rel
+        if not top.is_dir():
+            continue
+        for dirpath, _, _ in sorted(os.walk(top), key=lambda w: -w[0].count("/")):
+            try:
+                os.rmdir(dirpath)
+            except OSError:
+                pass

@@ -16,10 +16,10 @@ from pathlib import Path
 from . import procs
 from .image import ensure_base_image
 from .keys import ensure_keypair
-from .spec import (DEPLOY_USER, TINYPROXY_FILTER, LabHost, LabSpec, bridge_up_argvs,
+from .spec import (DEPLOY_USER, NSPAWN_ENV, TINYPROXY_FILTER, LabHost, LabSpec, bridge_up_argvs,
                    host_files, link_delete_argv, nspawn_argv, overlay_mount_argv, ssh_config,
                    tinyproxy_conf)
-from .ready import wait_ready
+from .ready import Readiness, init_pid, system_state, try_login, wait_ready
 
 
 class LabError(RuntimeError):
@@ -49,9 +49,29 @@ def host_running(spec: LabSpec, host: LabHost, state: dict) -> bool:
 
 # Up -----------------------------------------------------------------------------
 
+def recorded_release(state_dir: Path) -> str | None:
+    """The release the lab in state_dir was last brought up with (None: no lab there)."""
+    try:
+        return json.loads((state_dir / "lab.json").read_text()).get("release")
+    except (OSError, ValueError):
+        return None
+
+
+def running_release(spec: LabSpec, state: dict) -> str | None:
+    """The release of the hosts that run now (one lab runs one release at a time)."""
+    for h in spec.hosts() + [spec.host(i) for i in range(1, state.get("count", 0) + 1)]:
+        if host_running(spec, h, state):
+            return state["hosts"][h.name].get("release", "bookworm")
+    return None
+
+
 def up(spec: LabSpec, log=print) -> dict[str, str]:
     """Boot every host that is not running; return {host: 'started'|'unchanged'}."""
     state = load_state(spec)
+    running = running_release(spec, state)
+    if running is not None and running != spec.release:
+        raise LabError(f"lab: the lab runs Debian {running}; `fab lab.down` before "
+                       f"`fab lab.up --release {spec.release}`")
     todo = [h for h in spec.hosts() if not host_running(spec, h, state)]
     result = {h.name: "unchanged" for h in spec.hosts() if h not in todo}
     _ensure_network(spec, state, log)
@@ -65,19 +85,23 @@ def up(spec: LabSpec, log=print) -> dict[str, str]:
         wait_all(spec, todo, log)
         result.update({h.name: "started" for h in todo})
     state["count"] = max(spec.count, state.get("count", 0))
+    state["release"] = spec.release
     save_state(spec, state)
     return result
 
 
 def wait_all(spec: LabSpec, hosts: list[LabHost], log=print, timeout: float = 90.0) -> None:
+    """Every host booted with nothing failed and accepting a real login (see ready.py)."""
+    def one(h: LabHost) -> Readiness:
+        return wait_ready(spec.root_dir(h), h.address, DEPLOY_USER, spec.key_path, spec.known_hosts,
+                          timeout)
     with ThreadPoolExecutor(max_workers=max(1, len(hosts))) as pool:
-        results = list(pool.map(lambda h: wait_ready(h.address, DEPLOY_USER, spec.key_path, timeout),
-                                hosts))
-    bad = [f"{h.name}: {r}" for h, r in zip(hosts, results) if r != "running"]
+        results = list(pool.map(one, hosts))
     for h, r in zip(hosts, results):
-        log(f"lab: {h.name} {h.address} {r}")
+        log(f"lab: {h.name} {h.address} {r.describe()}")
+    bad = [f"{h.name}: {r.describe()}" for h, r in zip(hosts, results) if not r.ok]
     if bad:
-        raise LabError("lab: hosts not running: " + "; ".join(bad) +
+        raise LabError("lab: hosts not ready: " + "; ".join(bad) +
                        f" (boot logs in {spec.state_dir / 'hosts'}/<host>/console.log)")
 
 
@@ -109,10 +133,15 @@ def _boot(spec: LabSpec, host: LabHost, state: dict, pubkey: str) -> None:
         procs.run(overlay_mount_argv(spec, host))
     _write_host_files(spec, host, root, pubkey, state)
     logf = open(d / "console.log", "ab")
+    procs.remove_cgroup(spec.cgroup(host))        # an earlier boot's, if it left one
+    cgroups = procs.make_cgroup(spec.cgroup(host))
     proc = subprocess.Popen(nspawn_argv(spec, host), stdin=subprocess.DEVNULL, stdout=logf,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+                            stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, **NSPAWN_ENV},
+                            preexec_fn=lambda: procs.enter_cgroups(cgroups))
     state.setdefault("hosts", {})[host.name] = {"pid": proc.pid, "machine": host.machine,
-                                                "address": host.address, "root": str(root)}
+                                                "address": host.address, "root": str(root),
+                                                "release": spec.release}
 
 
 def _write_host_files(spec: LabSpec, host: LabHost, root: Path, pubkey: str, state: dict) -> None:
@@ -178,6 +207,7 @@ def _kill_leftovers(spec: LabSpec, host: LabHost) -> None:
     procs.wait_gone(orphans, 5.0)
     if procs.link_exists(host.veth):
         procs.run(link_delete_argv(host.veth), check=False)
+    procs.remove_cgroup(spec.cgroup(host))
 
 
 def down(spec: LabSpec, log=print) -> list[str]:
@@ -204,6 +234,7 @@ def down(spec: LabSpec, log=print) -> list[str]:
         procs.run(link_delete_argv(spec.bridge), check=False)
         removed.append("bridge " + spec.bridge)
     shutil.rmtree(spec.state_dir / "hosts", ignore_errors=True)
+    procs.remove_cgroup(spec.cgroup(spec.host(1)).split("/")[0])
     state = {"hosts": {}, "machine_ids": state.get("machine_ids", {})}
     save_state(spec, state)
     return removed
@@ -244,8 +275,23 @@ def start_one(spec: LabSpec, name: str, log=print) -> str:
     return "started"
 
 
-def status(spec: LabSpec) -> list[tuple[str, str, str]]:
+def status(spec: LabSpec, check: bool = True) -> list[tuple[str, str, str]]:
+    """(name, address, state) per host. With check, a running host is proven: systemd's
+    state read through the container, and a real SSH login timed."""
     state = load_state(spec)
     count = max(spec.count, state.get("count", 0))
-    return [(h.name, h.address, "running" if host_running(spec, h, state) else "stopped")
-            for h in (spec.host(i) for i in range(1, count + 1))]
+    hosts = [spec.host(i) for i in range(1, count + 1)]
+
+    def one(h: LabHost) -> tuple[str, str, str]:
+        if not host_running(spec, h, state):
+            return h.name, h.address, "stopped"
+        if not check:
+            return h.name, h.address, "running"
+        pid = init_pid(spec.root_dir(h))
+        system = system_state(pid, 5) if pid else "no init process"
+        login = try_login(h.address, DEPLOY_USER, spec.key_path, spec.known_hosts)
+        shown = f"login {login:.1f}s" if login is not None else "login FAILED"
+        return h.name, h.address, f"{system}, {shown}"
+
+    with ThreadPoolExecutor(max_workers=max(1, len(hosts))) as pool:
+        return list(pool.map(one, hosts))

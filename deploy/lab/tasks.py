@@ -8,13 +8,28 @@ from invoke import Collection, task
 from invoke.exceptions import Exit
 
 from . import runtime
-from .spec import default_spec
+from .spec import RELEASES, default_spec
 
 PROJECT = Path(__file__).resolve().parents[2]
 
 
-def _spec(count: int | None = None):
-    return default_spec(PROJECT, count or 3)
+def _count(value) -> int:
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise Exit(f"lab: --count must be a whole number, got {value!r}", code=2)
+    if not 1 <= n <= 9:
+        raise Exit(f"lab: --count must be between 1 and 9, got {n}", code=2)
+    return n
+
+
+def _spec(count: int = 3, release: str | None = None):
+    """A given release wins; else the release the lab was brought up with; else
+    $CELERYKIT_LAB_RELEASE or bookworm."""
+    if release is not None and release not in RELEASES:
+        raise Exit(f"lab: --release must be one of {', '.join(RELEASES)}, got {release!r}", code=2)
+    state_dir = default_spec(PROJECT).state_dir
+    return default_spec(PROJECT, count, release or runtime.recorded_release(state_dir))
 
 
 def _guard(fn):
@@ -24,15 +39,17 @@ def _guard(fn):
         raise Exit(str(exc), code=1)
 
 
-@task(help={"count": "number of hosts (default 3)"})
-def up(c, count=3):
+@task(help={"count": "number of hosts (default 3)",
+            "release": f"Debian release of the hosts: {' or '.join(RELEASES)} (default bookworm)"})
+def up(c, count=None, release=None):
     """Boot the lab hosts (no-op for hosts already running)."""
     t0 = time.monotonic()
-    result = _guard(lambda: runtime.up(_spec(int(count))))
+    spec = _spec(_count(3 if count is None else count), release or None)
+    result = _guard(lambda: runtime.up(spec))
     for name, what in result.items():
         print(f"{name:8} {what}")
-    spec = _spec(int(count))
-    print(f"lab up in {time.monotonic() - t0:.1f}s; ssh -F {spec.state_dir / 'ssh_config'} node1")
+    print(f"lab up (Debian {spec.release}) in {time.monotonic() - t0:.1f}s; "
+          f"ssh -F {spec.state_dir / 'ssh_config'} node1")
 
 
 @task
@@ -44,9 +61,14 @@ def down(c):
 
 @task
 def status(c):
-    """Show each lab host and whether it runs."""
-    for name, address, state in runtime.status(_spec()):
+    """Each lab host: stopped, or systemd's state and how long a real SSH login takes."""
+    spec = _spec()
+    rows = runtime.status(spec)
+    print(f"Debian {spec.release}")
+    for name, address, state in rows:
         print(f"{name:8} {address:15} {state}")
+    if any(st != "stopped" and not st.startswith("running, login ") for _, _, st in rows):
+        raise Exit("lab: some hosts are not ready", code=1)
 
 
 @task(help={"host": "lab host name, e.g. node2"})

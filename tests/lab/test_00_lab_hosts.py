@@ -3,6 +3,7 @@ import pytest
 import testinfra
 
 from deploy.lab import procs, runtime
+from deploy.lab.ready import try_login, wait_ready
 
 
 def test_every_host_runs_systemd_and_sshd(lab_hosts):
@@ -53,12 +54,15 @@ def test_up_again_changes_nothing(lab):
 def test_stop_and_start_one_host(lab, lab_hosts):
     runtime.stop_one(lab, "node3")
     states = {name: st for name, _, st in runtime.status(lab)}
-    assert states == {"node1": "running", "node2": "running", "node3": "stopped"}
+    assert states["node3"] == "stopped"
+    assert states["node1"].startswith("running, login ") and states["node2"].startswith("running, login ")
     assert not procs.link_exists(lab.host(3).veth)
     assert runtime.start_one(lab, "node3") == "started"
-    # The old SSH session died with the host: connect afresh.
+    # A NEW login right after start is quick (seen before: 34 s on a just-started host).
+    login = try_login(lab.host(3).address, "deploy", lab.key_path, lab.known_hosts)
+    assert login is not None and login < 5
     fresh = testinfra.get_host(f"paramiko://deploy@{lab.host(3).address}",
-                                               ssh_identity_file=str(lab.key_path))
+                               ssh_identity_file=str(lab.key_path))
     assert fresh.run("systemctl is-system-running").stdout.strip() == "running"
 
 
@@ -68,8 +72,7 @@ def test_unknown_host_is_a_clear_error(lab):
 
 
 def test_readiness_restarts_a_unit_that_failed_once(lab, lab_hosts):
-    """What lab.up does when an early-boot unit lost the cgroup v1 race in a container."""
-    from deploy.lab.ready import wait_ready
+    """What lab.up does when an early-boot unit failed in a container."""
     host = lab_hosts["node2"]
     unit = "/etc/systemd/system/ck-once.service"
     host.run(f"printf '[Service]\\nType=oneshot\\nRemainAfterExit=yes\\nExecStart=/bin/sh -c "
@@ -78,8 +81,30 @@ def test_readiness_restarts_a_unit_that_failed_once(lab, lab_hosts):
     try:
         host.run("sudo systemctl start ck-once")
         assert host.run("systemctl is-system-running").stdout.strip() == "degraded"
-        assert wait_ready(lab.host(2).address, "deploy", lab.key_path, 30) == "running"
+        h = lab.host(2)
+        ready = wait_ready(lab.root_dir(h), h.address, "deploy", lab.key_path, lab.known_hosts, 30)
+        assert ready.ok and "ck-once.service" in ready.repaired, ready.describe()
         assert host.run("systemctl is-active ck-once").stdout.strip() == "active"
     finally:
         host.run(f"sudo systemctl stop ck-once; sudo rm -f {unit} /run/ck-once; sudo systemctl daemon-reload; "
                  "sudo systemctl reset-failed")
+
+
+def test_a_host_refusing_logins_is_repaired_through_the_container(lab, lab_hosts):
+    """The boot failure seen in CI: /run/nologin left behind, every non-root login refused.
+    Readiness notices that a real login fails and repairs it without SSH."""
+    h = lab.host(1)
+    lab_hosts["node1"].run("sudo touch /run/nologin")
+    assert try_login(h.address, "deploy", lab.key_path, lab.known_hosts) is None
+    rows = {name: st for name, _, st in runtime.status(lab)}
+    assert rows["node1"] == "running, login FAILED"           # lab.status checks a real login
+    ready = wait_ready(lab.root_dir(h), h.address, "deploy", lab.key_path, lab.known_hosts, 30)
+    assert ready.ok and "/run/nologin" in ready.repaired, ready.describe()
+    assert try_login(h.address, "deploy", lab.key_path, lab.known_hosts) is not None
+
+
+def test_lab_host_keys_are_recorded_and_checked(lab):
+    import paramiko
+    keys = paramiko.HostKeys(str(lab.known_hosts))
+    for h in lab.hosts():
+        assert keys.lookup(h.address) is not None and keys.lookup(h.name) is not None

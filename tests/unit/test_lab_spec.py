@@ -61,6 +61,35 @@ def test_bridge_commands():
         ["ip", "link", "set", "ckbr0", "up"]]
 
 
+def test_releases_have_their_own_cached_image():
+    trixie = s.LabSpec(state_dir=Path("/p"), cache_dir=Path("/c"), release="trixie")
+    assert SPEC.release == "bookworm"
+    assert SPEC.base_image() == Path(f"/c/base-bookworm-{s.image_recipe_hash('bookworm')}")
+    assert trixie.base_image() == Path(f"/c/base-trixie-{s.image_recipe_hash('trixie')}")
+    assert s.image_recipe_hash("bookworm") != s.image_recipe_hash("trixie")
+    assert s.debootstrap_argv(Path("/t"), "trixie")[-3:] == ["trixie", "/t", s.MIRROR]
+    assert s.chroot_setup_argv(Path("/t"), "trixie")[-2:] == ["setup", "trixie"]
+
+
+def test_unknown_release_is_refused():
+    import pytest
+    with pytest.raises(ValueError, match="unknown release 'sid'"):
+        s.LabSpec(state_dir=Path("/p"), cache_dir=Path("/c"), release="sid")
+
+
+def test_release_from_the_environment(monkeypatch):
+    monkeypatch.setenv("CELERYKIT_LAB_RELEASE", "trixie")
+    assert s.default_spec(Path("/p")).release == "trixie"
+    assert s.default_spec(Path("/p"), release="bookworm").release == "bookworm"
+    monkeypatch.delenv("CELERYKIT_LAB_RELEASE")
+    assert s.default_spec(Path("/p")).release == "bookworm"
+
+
+def test_each_host_gets_its_own_cgroup_and_a_v2_hierarchy():
+    assert s.LabSpec(state_dir=Path("/p"), cache_dir=Path("/c")).cgroup(SPEC.host(2)) == "celery-kit-lab/ck-node2"
+    assert s.NSPAWN_ENV == {"SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"}
+
+
 def test_image_hash_changes_with_the_recipe(monkeypatch):
     before = s.image_recipe_hash()
     monkeypatch.setattr(s, "BASE_PACKAGES", s.BASE_PACKAGES + ("vim",))
@@ -79,3 +108,4 @@ def test_ssh_config_names_every_host():
     cfg = s.ssh_config(SPEC)
     assert cfg.count("Host node") == 3 and "HostName 10.77.0.13" in cfg
     assert "IdentityFile /p/.state/lab/id_ed25519" in cfg
+    assert "UserKnownHostsFile /p/.state/lab/known_hosts" in cfg and "StrictHostKeyChecking yes" in cfg
