@@ -3,21 +3,23 @@
 Everything is a frozen dataclass holding tuples and frozensets, so a loaded inventory can be
 shared between tasks (and used as a dict key or cache key) without anyone changing it under
 another's feet. Each field that the YAML file sets declares, next to its default, the kind of
-value it takes and the rules that value must meet (see setting()); validate.py enforces them, so
-a default and its rule cannot drift apart.
+value it takes and the rules that value must meet (see setting(); the rules are in checks.py);
+validate.py enforces them, so a default and its rule cannot drift apart.
 """
 from __future__ import annotations
 
-import difflib
-import ipaddress
-import re
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
-from urllib.parse import urlsplit
+from typing import Any
+
+from .checks import (MAXMEMORY, MODULE, NAME, PORT, QUEUE, URL_PATH, Check, between,
+                     host_address, http_url, matching, mirror_choice, not_empty, not_guest,
+                     one_of)
 
 ROLES = ("rabbitmq", "redis", "worker", "beat", "flower")
-Check = Callable[[Any], "str | None"]     # None when the value is fine, else what is wrong
+REDIS_POLICIES = ("noeviction", "allkeys-lru", "allkeys-lfu", "allkeys-random", "volatile-lru",
+                  "volatile-lfu", "volatile-random", "volatile-ttl")
+LOGLEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class InventoryError(Exception):
@@ -49,91 +51,6 @@ def setting(kind: str, *checks: Check, default: Any = MISSING, nullable: bool = 
 def settings_of(cls: type) -> dict[str, Spec]:
     """The keys the file may give for cls, in declaration order."""
     return {f.name: f.metadata["yaml"] for f in fields(cls) if "yaml" in f.metadata}
-
-
-def suggest(word: str, choices: Any) -> str:
-    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-def between(low: int, high: int | None = None, why: str = "") -> Check:
-    def check(value: int) -> str | None:
-        if value >= low and (high is None or value <= high):
-            return None
-        bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
-        return f"must be {bounds}, got {value}" + (f" ({why})" if why else "")
-    return check
-
-
-def one_of(*choices: str) -> Check:
-    return lambda value: None if value in choices else (
-        f"must be one of {', '.join(choices)}, got {value!r}{suggest(value, choices)}")
-
-
-def matching(pattern: str, what: str, flags: int = 0) -> Check:
-    regex = re.compile(pattern, flags)
-    return lambda value: None if regex.fullmatch(value) else f"must be {what}, got {value!r}"
-
-
-PORT = between(1, 65535, "a TCP port")
-NAME = matching(r"[A-Za-z0-9_.-]+", "letters, digits, '_', '.' or '-'")   # needs no quoting
-MAXMEMORY = matching(r"\d+(b|k|kb|m|mb|g|gb)?", "a size like 256mb, 2gb or 0", re.IGNORECASE)
-MODULE = matching(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", "a dotted Python module path", re.ASCII)
-QUEUE = matching(r"[A-Za-z0-9_.:-]+", "a queue name (letters, digits, '_', '.', ':', '-')")
-URL_PATH = matching(r"[A-Za-z0-9_-]*(/[A-Za-z0-9_-]+)*", "a URL path such as flower or ops/flower")
-_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
-_DNS_NAME = re.compile(rf"{_LABEL}(\.{_LABEL})*\.?")
-REDIS_POLICIES = ("noeviction", "allkeys-lru", "allkeys-lfu", "allkeys-random", "volatile-lru",
-                  "volatile-lfu", "volatile-random", "volatile-ttl")
-LOGLEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-
-
-def not_empty(value: str) -> str | None:
-    return None if value.strip() else "must not be empty"
-
-
-def host_address(value: str) -> str | None:
-    try:
-        ipaddress.ip_address(value)
-        return None
-    except ValueError:
-        pass
-    # An all-digit last label is a mistyped IPv4 address (10.77.0.300), not a DNS name.
-    last_label = value.rstrip(".").split(".")[-1]
-    if _DNS_NAME.fullmatch(value) and len(value) <= 253 and not last_label.isdigit():
-        return None
-    return f"must be an IPv4/IPv6 address or a DNS host name, got {value!r}"
-
-
-def same_address(address: str) -> str:
-    """One spelling per address, so that 10.0.0.1 and 10.000.0.1, or NODE1. and node1, match."""
-    try:
-        return str(ipaddress.ip_address(address))
-    except ValueError:
-        return address.lower().rstrip(".")
-
-
-def http_url(value: str) -> str | None:
-    try:
-        parts = urlsplit(value)
-        parts.port                    # raises ValueError when the port is not a number
-        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
-    except ValueError:
-        ok = False
-    return None if ok else f"must be an http:// or https:// URL with a host, got {value!r}"
-
-
-def mirror_choice(value: str | int) -> str | None:
-    if isinstance(value, int):
-        return between(1)(value)
-    return None if value in ("majority", "all") else (
-        f"must be 'majority', 'all' or a number of nodes, got {value!r}"
-        + suggest(value, ("majority", "all")))
-
-
-def not_guest(value: str) -> str | None:
-    # guest/guest is RabbitMQ's well-known default login; it must not be one of ours.
-    return "must not be 'guest', RabbitMQ's default account" if value == "guest" else None
 
 
 def _known_role(role: str) -> str:

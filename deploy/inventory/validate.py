@@ -4,29 +4,25 @@ All problems are collected in one pass (fixing a file one error per run is tedio
 "<file>:<line>: <key.path>: <what is wrong>" so an editor can jump to it. A bad value is left
 out, the model's default stands in for it, and checking goes on; checks that compare two values
 skip a value that was already reported, so one mistake gives one problem, not a cascade.
+Reading values is reader.py's, the hosts: section hostcheck.py's; the sections are here.
 """
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any
 
-from .model import (ROLES, SSH, Apt, Celery, Flower, Host, Inventory, InventoryError, RabbitMQ,
-                    Redis, Releases, Spec, WorkerScale, not_empty, same_address, settings_of,
-                    suggest)
-from .yamlload import KINDS, KeyPath, Loaded, format_path, load_yaml, show
+from .checks import not_empty
+from .hostcheck import HostChecks
+from .model import (SSH, Apt, Celery, Flower, Host, Inventory, InventoryError, RabbitMQ,
+                    Redis, Releases, Spec, settings_of)
+from .reader import resolve
+from .yamlload import load_yaml, show
 
-HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
-# What a role needs somewhere in the cluster: workers and beat talk to the broker and store
-# results in Redis; Flower watches the broker's events, which only workers send.
-NEEDS = {"worker": ("rabbitmq", "redis"), "beat": ("rabbitmq", "redis"),
-         "flower": ("rabbitmq", "worker")}
 SECTIONS = {"ssh": SSH, "apt": Apt, "rabbitmq": RabbitMQ, "redis": Redis, "celery": Celery,
             "flower": Flower, "releases": Releases}
 TOP = {"state_dir": Spec("str", (not_empty,)), "hosts": Spec("map"),
        **{name: Spec("map") for name in SECTIONS}}
-_BAD = object()          # marks a value that was reported and left out
 
 
 def load_inventory(path: str | Path) -> Inventory:
@@ -36,26 +32,7 @@ def load_inventory(path: str | Path) -> Inventory:
     return _Checker(loaded, shown).inventory(Path(os.path.abspath(path)))
 
 
-def _resolve(base: Path, value: str) -> Path:
-    # Relative to the inventory file, not to wherever fab happens to be run from.
-    return Path(os.path.abspath(base / os.path.expanduser(value)))
-
-
-class _Checker:
-    def __init__(self, loaded: Loaded, shown: str):
-        self.loaded = loaded
-        self.shown = shown
-        self.found: list[tuple[int, str]] = []
-        self.bad: set[KeyPath] = set()
-        self.roles_known = True      # False when some host's roles could not be read
-        for line, path, message in loaded.problems:
-            self.add(path, message, line)
-
-    def add(self, path: KeyPath, message: str, line: int | None = None) -> None:
-        line = line or self.loaded.line(path)
-        self.bad.add(path)
-        self.found.append((line, f"{self.shown}:{line}: {format_path(path)}: {message}"))
-
+class _Checker(HostChecks):
     def inventory(self, path: Path) -> Inventory:
         data = self.loaded.data
         if not isinstance(data, dict):
@@ -74,8 +51,9 @@ class _Checker:
             path=path, hosts=tuple(hosts), ssh=self.ssh(ssh, base),
             apt=Apt(**self.section(data, "apt")), rabbitmq=self.rabbitmq(data, hosts, celery),
             redis=Redis(**self.section(data, "redis")), celery=celery,
-            flower=self.flower(data, base), releases=Releases(**self.section(data, "releases")),
-            state_dir=_resolve(base, top.get("state_dir") or ".state"))
+            flower=self.flower(data, base),
+            releases=Releases(**self.section(data, "releases")),
+            state_dir=resolve(base, top.get("state_dir") or ".state"))
         if self.found:
             self.found.sort(key=lambda found: found[0])     # file order; stable within a line
             raise InventoryError(self.shown, [text for _, text in self.found])
@@ -83,85 +61,6 @@ class _Checker:
 
     def section(self, top: dict[str, Any], name: str) -> dict[str, Any]:
         return self.read(top.get(name), (name,), settings_of(SECTIONS[name]))
-
-    def read(self, data: Any, path: KeyPath, fields: dict[str, Spec]) -> dict[str, Any]:
-        """The valid values of a mapping's known keys. Absent or null means an empty mapping:
-        a section whose every line is commented out is just a section of defaults."""
-        if data is None:
-            return {}
-        if not isinstance(data, dict):
-            self.add(path, f"expected a mapping, got {show(data)}")
-            return {}
-        for key in data:
-            if key not in fields:
-                hint = suggest(key, fields) or f"; known keys: {', '.join(fields)}"
-                self.add(path + (key,), f"unknown key '{key}'{hint}")
-        values = {}
-        for key, spec in fields.items():
-            if key in data:
-                value = self.value(data[key], path + (key,), spec)
-                if value is not _BAD:
-                    values[key] = value
-        return values
-
-    def value(self, value: Any, path: KeyPath, spec: Spec) -> Any:
-        if (value is None and spec.nullable) or spec.kind == "map":
-            return value              # a sub-mapping is read by whoever knows its keys
-        accepts, expected = KINDS[spec.kind]
-        if not accepts(value):
-            self.add(path, f"expected {expected}, got {show(value)}")
-            return _BAD
-        if spec.kind == "strs":
-            return self.str_list(value, path, spec)
-        if spec.kind == "size":
-            value = str(value)
-        for check in spec.checks:
-            if message := check(value):
-                self.add(path, message)
-                return _BAD
-        return value
-
-    def str_list(self, value: list[Any], path: KeyPath, spec: Spec) -> Any:
-        """A non-empty list of unique strings; every bad item is reported at its own index."""
-        if not value:
-            self.add(path, "must not be empty")
-            return _BAD
-        first: dict[str, int] = {}
-        ok = True
-        for index, item in enumerate(value):
-            if not isinstance(item, str):
-                problem = f"expected a string, got {show(item)}"
-            elif item in first:
-                problem = f"'{item}' is listed twice (also as [{first[item]}])"
-            else:
-                first[item] = index
-                problem = next((m for check in spec.checks if (m := check(item))), None)
-            if problem:
-                self.add(path + (index,), problem)
-                ok = False
-        return tuple(value) if ok else _BAD
-
-    def clash(self, section: KeyPath, data: Any, values: dict[str, Any], defaults: Any,
-              keys: tuple[str, ...], why: str) -> None:
-        """Report keys of one section that must all differ but have the same value, at the
-        later of the two keys that the file gives (a default has no line)."""
-        seen: dict[Any, str] = {}
-        for key in keys:
-            if section + (key,) in self.bad:
-                continue
-            value = values.get(key, getattr(defaults, key))
-            if value in seen:
-                given = [k for k in (seen[value], key) if isinstance(data, dict) and k in data]
-                self.add(section + tuple(given[-1:]),
-                         f"{key} and {seen[value]} are both {value!r}; {why}")
-            else:
-                seen[value] = key
-
-    def ssh(self, values: dict[str, Any], base: Path) -> SSH:
-        values = dict(values)
-        if values.get("key") is not None:
-            values["key"] = _resolve(base, values["key"])
-        return SSH(**values)
 
     def celery(self, top: dict[str, Any]) -> Celery:
         path, values = ("celery",), self.section(top, "celery")
@@ -177,81 +76,6 @@ class _Checker:
                          f"({limit}): systemd would SIGKILL a task that is still allowed to run")
                 del values["stop_timeout"]
         return Celery(**values)
-
-    def hosts(self, top: dict[str, Any], ssh: dict[str, Any], celery: Celery,
-              base: Path) -> list[Host]:
-        path, data = ("hosts",), top.get("hosts")
-        if not isinstance(data, dict) or not data:
-            got = ("missing" if "hosts" not in top else "empty" if data in (None, {})
-                   else f"got {show(data)}")
-            self.add(path, f"required: a non-empty mapping of host name to host; {got}")
-            return []
-        hosts, address_of = [], {}
-        for name, raw in data.items():
-            here = path + (name,)
-            if not HOST_NAME.fullmatch(name):
-                self.add(here, f"host name '{name}' must be a lowercase RFC 1123 label (a-z, "
-                         "0-9 and '-', at most 63): it becomes a name in /etc/hosts and a RabbitMQ node name")
-            if not isinstance(raw, dict):
-                self.add(here, f"expected a mapping with address and roles, got {show(raw)}")
-                self.roles_known = False
-                continue
-            values = self.read(raw, here, settings_of(Host))
-            for key in ("address", "roles"):
-                if key not in raw:
-                    self.add(here + (key,), f"missing: every host needs {key}")
-            self.roles_known &= "roles" in values
-            given = raw.get("roles") if isinstance(raw.get("roles"), list) else []
-            roles = frozenset(r for r in given if isinstance(r, str) and r in ROLES)
-            address = values.get("address", "")
-            if address:
-                same = same_address(address)
-                if same in address_of:
-                    self.add(here + ("address",), f"{address} is also the address of host "
-                             f"'{address_of[same]}'; two hosts cannot share an address")
-                address_of.setdefault(same, name)
-            own_ssh = self.read(raw.get("ssh"), here + ("ssh",), settings_of(SSH))
-            hosts.append(Host(name=name, address=address, ssh=self.ssh({**ssh, **own_ssh}, base),
-                              roles=roles, worker=self.worker(raw, here, values, celery)))
-        return hosts
-
-    def worker(self, raw: dict[str, Any], here: KeyPath, values: dict[str, Any],
-               celery: Celery) -> WorkerScale | None:
-        roles = values.get("roles", ())
-        if raw.get("worker") is not None and "roles" in values and "worker" not in roles:
-            self.add(here + ("worker",), "only hosts with role 'worker' may have a worker: "
-                     f"section; this host's roles are {', '.join(sorted(roles)) or 'none'}")
-        scale = self.read(raw.get("worker"), here + ("worker",), settings_of(WorkerScale))
-        if "worker" not in roles:
-            return None
-        return WorkerScale(instances=scale.get("instances", celery.instances),
-                           concurrency=scale.get("concurrency", celery.concurrency))
-
-    def roles(self, hosts: list[Host]) -> None:
-        """Checks across hosts. When some host's roles could not be read, a missing role may
-        just be in that list, so only "too many" is checked then."""
-        having = {role: [h.name for h in hosts if role in h.roles] for role in ROLES}
-        explained = set()        # required roles already reported through a role that needs them
-        for host in hosts if self.roles_known else ():
-            for role in (r for r in ROLES if r in host.roles and r in NEEDS):
-                for needed in NEEDS[role]:
-                    if not having[needed]:
-                        explained.add(needed)
-                        self.add(("hosts", host.name, "roles"), f"role '{role}' on {host.name} "
-                                 f"needs a host with role '{needed}'; none has it")
-        for role in ("rabbitmq", "worker"):
-            if not having[role] and role not in explained and self.roles_known:
-                self.add(("hosts",), f"no host has role '{role}'; at least one must")
-        rules = {"redis": (1, 1, "exactly one host"), "flower": (0, 1, "at most one host"),
-                 "beat": (0, 1, "at most one host (a second scheduler would send every "
-                          "periodic task twice)")}
-        for role, (least, most, rule) in rules.items():
-            names = having[role]
-            if len(names) > most or (len(names) < least and role not in explained
-                                     and self.roles_known):
-                found = f"found {len(names)}" + (f": {', '.join(names)}" if names else "")
-                where = ("hosts", names[-1], "roles") if names else ("hosts",)
-                self.add(where, f"{role} must be on {rule}, {found}")
 
     def rabbitmq(self, top: dict[str, Any], hosts: list[Host], celery: Celery) -> RabbitMQ:
         path, data, values = ("rabbitmq",), top.get("rabbitmq"), self.section(top, "rabbitmq")
@@ -291,8 +115,7 @@ class _Checker:
                 self.add(path + (key,), f"{key} is given without {other}; give both or neither")
         for key in ("tls_cert", "tls_key"):
             if values.get(key) is not None:
-                values[key] = _resolve(base, values[key])
+                values[key] = resolve(base, values[key])
                 if not values[key].is_file():
                     self.add(path + (key,), f"file not found: {values[key]}")
         return Flower(**values)
-
