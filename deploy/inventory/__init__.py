@@ -2,8 +2,8 @@
 set up on them. load_inventory() reads and checks the YAML file once and returns immutable
 values; everything else in the kit works from those, never from the raw YAML."""
 from .model import (ROLES, SSH, Apt, Celery, Flower, Host, Inventory, InventoryError, RabbitMQ,
-                    Redis, Releases, WorkerScale)
+                    Redis, Releases, TopSSH, WorkerScale)
 from .validate import load_inventory
 
-__all__ = ["load_inventory", "Inventory", "Host", "SSH", "WorkerScale", "RabbitMQ", "Redis",
-           "Celery", "Flower", "Releases", "Apt", "InventoryError", "ROLES"]
+__all__ = ["load_inventory", "Inventory", "Host", "SSH", "TopSSH", "WorkerScale", "RabbitMQ",
+           "Redis", "Celery", "Flower", "Releases", "Apt", "InventoryError", "ROLES"]

@@ -20,16 +20,21 @@ NEEDS = {"worker": ("rabbitmq", "redis"), "beat": ("rabbitmq", "redis"),
 COUNTS = {"redis": (1, 1, "exactly one host"), "flower": (0, 1, "at most one host"),
           "beat": (0, 1, "at most one host (a second scheduler would send every periodic "
                    "task twice)")}
+# Keys of the top-level ssh: section that a host's own ssh: may not give, and why.
+TOP_ONLY_SSH = {"known_hosts": "one known_hosts file per inventory",
+                "host_key_policy": "one host key policy per inventory, for its one "
+                                   "known_hosts file"}
 
 
 class HostChecks(Reader):
     roles_known = True      # False when some host's roles could not be read
 
-    def ssh(self, values: dict[str, Any], base: Path) -> SSH:
-        values = dict(values)
-        if values.get("key") is not None:
-            values["key"] = resolve(base, values["key"])
-        return SSH(**values)
+    def ssh(self, values: dict[str, Any], base: Path, cls: type = SSH) -> Any:
+        values = {k: v for k, v in values.items() if k in settings_of(cls)}
+        for key in ("key", "known_hosts"):
+            if values.get(key) is not None:
+                values[key] = resolve(base, values[key])
+        return cls(**values)
 
     def hosts(self, top: dict[str, Any], ssh: dict[str, Any], celery: Celery,
               base: Path) -> list[Host]:
@@ -63,10 +68,21 @@ class HostChecks(Reader):
                     self.add(here + ("address",), f"{address} is also the address of host "
                              f"'{address_of[same]}'; two hosts cannot share an address")
                 address_of.setdefault(same, name)
-            own_ssh = self.read(raw.get("ssh"), here + ("ssh",), settings_of(SSH))
+            own_ssh = self.read(self.own_ssh(raw.get("ssh"), here + ("ssh",)), here + ("ssh",),
+                                settings_of(SSH))
             hosts.append(Host(name=name, address=address, ssh=self.ssh({**ssh, **own_ssh}, base),
                               roles=roles, worker=self.worker(raw, here, values, celery)))
         return hosts
+
+    def own_ssh(self, data: Any, path: KeyPath) -> Any:
+        """A host's ssh: without the keys that only the top level may give (reported here,
+        with the reason, rather than as unknown keys)."""
+        if not isinstance(data, dict):
+            return data
+        for key, why in TOP_ONLY_SSH.items():
+            if key in data:
+                self.add(path + (key,), f"only in the top-level ssh: section: {why}")
+        return {k: v for k, v in data.items() if k not in TOP_ONLY_SSH}
 
     def worker(self, raw: dict[str, Any], here: KeyPath, values: dict[str, Any],
                celery: Celery) -> WorkerScale | None:

@@ -62,11 +62,24 @@ def _known_role(role: str) -> str:
 
 @dataclass(frozen=True)
 class SSH:
+    """How the kit logs in to a host: the top-level ssh: section, and each host's ssh: over it."""
     user: str = setting("str", matching(r"[a-z_][a-z0-9_-]*", "a Unix user name"),
                         default="deploy")
     port: int = setting("int", PORT, default=22)
     # Absolute once loaded; None lets ssh and its agent pick a key.
     key: Path | None = setting("str", not_empty, default=None, nullable=True)
+
+
+@dataclass(frozen=True)
+class TopSSH(SSH):
+    """The top-level ssh: section: the defaults every host's SSH is merged over, plus how host
+    keys are checked. Those exist once per inventory (one known_hosts file that every
+    connection reads and writes), so a host's own ssh: may not give them."""
+    # Absolute once loaded; None: <state_dir>/known_hosts (see Inventory.known_hosts_path).
+    known_hosts: Path | None = setting("str", not_empty, default=None, nullable=True)
+    # strict: a host whose key is not in known_hosts is refused. accept-new: its key is
+    # recorded on first connect. Under either, a key that CHANGED is always refused.
+    host_key_policy: str = setting("str", one_of("strict", "accept-new"), default="strict")
 
 
 @dataclass(frozen=True)
@@ -181,7 +194,7 @@ class Apt:
 class Inventory:
     path: Path                       # absolute path of the inventory file
     hosts: tuple[Host, ...]          # in file order
-    ssh: SSH = field(default_factory=SSH)   # the top-level defaults hosts are merged over
+    ssh: TopSSH = field(default_factory=TopSSH)   # the top-level defaults hosts are merged over
     apt: Apt = field(default_factory=Apt)
     rabbitmq: RabbitMQ = field(default_factory=RabbitMQ)
     redis: Redis = field(default_factory=Redis)
@@ -193,6 +206,11 @@ class Inventory:
     def __post_init__(self) -> None:
         if self.state_dir is None:
             object.__setattr__(self, "state_dir", self.path.parent / ".state")
+
+    @property
+    def known_hosts_path(self) -> Path:
+        """The one known_hosts file every connection checks host keys against."""
+        return self.ssh.known_hosts or self.state_dir / "known_hosts"
 
     def with_role(self, role: str) -> tuple[Host, ...]:
         _known_role(role)

@@ -14,12 +14,12 @@ from typing import Any
 
 from .checks import not_empty
 from .hostcheck import HostChecks
-from .model import (SSH, Apt, Celery, Flower, Host, Inventory, InventoryError, RabbitMQ,
-                    Redis, Releases, Spec, settings_of)
+from .model import (Apt, Celery, Flower, Host, Inventory, InventoryError, RabbitMQ, Redis,
+                    Releases, Spec, TopSSH, settings_of)
 from .reader import resolve
 from .yamlload import load_yaml, show
 
-SECTIONS = {"ssh": SSH, "apt": Apt, "rabbitmq": RabbitMQ, "redis": Redis, "celery": Celery,
+SECTIONS = {"ssh": TopSSH, "apt": Apt, "rabbitmq": RabbitMQ, "redis": Redis, "celery": Celery,
             "flower": Flower, "releases": Releases}
 TOP = {"state_dir": Spec("str", (not_empty,)), "hosts": Spec("map"),
        **{name: Spec("map") for name in SECTIONS}}
@@ -48,7 +48,7 @@ class _Checker(HostChecks):
         if hosts:
             self.roles(hosts)
         inventory = Inventory(
-            path=path, hosts=tuple(hosts), ssh=self.ssh(ssh, base),
+            path=path, hosts=tuple(hosts), ssh=self.ssh(ssh, base, TopSSH),
             apt=Apt(**self.section(data, "apt")), rabbitmq=self.rabbitmq(data, hosts, celery),
             redis=Redis(**self.section(data, "redis")), celery=celery,
             flower=self.flower(data, base),

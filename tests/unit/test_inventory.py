@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from deploy.inventory import (ROLES, SSH, Celery, Flower, Host, Inventory, InventoryError,
-                              RabbitMQ, Redis, WorkerScale, load_inventory)
+                              RabbitMQ, Redis, TopSSH, WorkerScale, load_inventory)
 from deploy.inventory.model import settings_of
 from deploy.inventory.validate import SECTIONS, TOP
 from deploy.inventory.yamlload import load_yaml
@@ -115,6 +115,17 @@ BAD = [
      "hosts.node2.worker.instances", "instances: 65", "between 0 and 64"),
     ("ssh-port", "ssh:\n  port: 70000\n" + HOSTS, "ssh.port", "70000", "between 1 and 65535"),
     ("ssh-user", "ssh:\n  user: Deploy User\n" + HOSTS, "ssh.user", "Deploy", "Unix user name"),
+    ("host-key-policy", "ssh:\n  host_key_policy: accept\n" + HOSTS, "ssh.host_key_policy",
+     "accept", "must be one of strict, accept-new, got 'accept' (did you mean 'accept-new'?)"),
+    ("known-hosts-empty", "ssh:\n  known_hosts: ' '\n" + HOSTS, "ssh.known_hosts",
+     "known_hosts", "must not be empty"),
+    ("known-hosts-per-host", HOSTS + "    ssh:\n      known_hosts: kh\n",
+     "hosts.node2.ssh.known_hosts", "known_hosts: kh",
+     "only in the top-level ssh: section: one known_hosts file per inventory"),
+    ("host-key-policy-per-host", HOSTS + "    ssh: {port: 22, host_key_policy: accept-new}\n",
+     "hosts.node2.ssh.host_key_policy", "host_key_policy",
+     "only in the top-level ssh: section: one host key policy per inventory, for its one "
+     "known_hosts file"),
     ("host-ssh-key", HOSTS + "    ssh:\n      prot: 2222\n", "hosts.node2.ssh.prot", "prot",
      "did you mean 'port'?"),
     ("apt-proxy", HOSTS + "apt:\n  proxy: ftp://10.0.0.9\n", "apt.proxy", "ftp://",
@@ -326,7 +337,7 @@ def test_every_example_value_arrives_in_the_model(tmp_path):
     for section in SECTIONS:
         for key, value in raw[section].items():
             got = getattr(getattr(inv, section), key)
-            if key in ("key", "tls_cert", "tls_key"):
+            if key in ("key", "known_hosts", "tls_cert", "tls_key"):
                 value = tmp_path / value
             elif isinstance(value, list):
                 value = tuple(value)
@@ -339,17 +350,29 @@ def test_every_example_value_arrives_in_the_model(tmp_path):
     assert (node2.worker.instances, node2.worker.concurrency) == (4, 8)
     assert node3.worker == WorkerScale(instances=2, concurrency=2)
     assert inv.state_dir == tmp_path / ".state"
+    assert inv.known_hosts_path == tmp_path / "keys" / "known_hosts"
 
 
 def test_defaults_fill_everything_not_given(tmp_path):
     inv = load_inventory(write(tmp_path, HOSTS))
-    assert inv.ssh == SSH(user="deploy", port=22, key=None)
+    assert inv.ssh == TopSSH(user="deploy", port=22, key=None, known_hosts=None,
+                             host_key_policy="strict")
+    assert inv.known_hosts_path == tmp_path / ".state" / "known_hosts"
     assert (inv.rabbitmq, inv.redis, inv.flower) == (RabbitMQ(), Redis(), Flower())
     assert inv.rabbitmq.consumer_timeout is None and inv.rabbitmq.mirrors == "majority"
     assert inv.celery.queues == ("celery",) and inv.celery.stop_timeout == 1800 + 60
     assert inv.releases.keep == 5 and inv.apt.proxy is None
     assert inv.state_dir == tmp_path / ".state"
     assert inv.host("node2").worker == WorkerScale(instances=2, concurrency=2)
+
+
+def test_host_keys_are_set_once_for_the_inventory(tmp_path):
+    text = "ssh:\n  known_hosts: ~/kh\n  host_key_policy: accept-new\n" + HOSTS
+    inv = load_inventory(write(tmp_path, text))
+    assert inv.ssh.known_hosts == Path("~/kh").expanduser() == inv.known_hosts_path
+    assert inv.ssh.host_key_policy == "accept-new"
+    # A host's own SSH has no host-key settings to disagree with the inventory's.
+    assert type(inv.host("node1").ssh) is SSH and inv.host("node1").ssh == SSH()
 
 
 def test_paths_resolve_relative_to_the_inventory_file(tmp_path, monkeypatch):
