@@ -72,6 +72,24 @@ def same_address(address: str) -> str:
         return address.lower().rstrip(".")
 
 
+def network(value: str) -> str | None:
+    """An IPv4 or IPv6 network; a bare address is a network of one (/32, /128)."""
+    what = "an IPv4 or IPv6 network such as 10.0.0.0/8, 192.0.2.7 or 2001:db8::/32"
+    if "%" in value:                   # an IPv6 zone index ("%eth0") may hold any character
+        return f"must be {what}, got {value!r}"
+    try:
+        ipaddress.ip_network(value)
+        return None
+    except ValueError:
+        pass
+    try:
+        loose = ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        return f"must be {what}, got {value!r}"
+    return (f"{value} has host bits set; a network starts at its first address "
+            f"(did you mean {loose}?)")
+
+
 def http_url(value: str) -> str | None:
     try:
         parts = urlsplit(value)

@@ -8,13 +8,14 @@ validate.py enforces them, so a default and its rule cannot drift apart.
 """
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from .checks import (MAXMEMORY, MODULE, NAME, PORT, QUEUE, URL_PATH, Check, between,
-                     host_address, http_url, matching, mirror_choice, not_empty, not_guest,
-                     one_of)
+                     host_address, http_url, matching, mirror_choice, network, not_empty,
+                     not_guest, one_of)
 
 ROLES = ("rabbitmq", "redis", "worker", "beat", "flower")
 REDIS_POLICIES = ("noeviction", "allkeys-lru", "allkeys-lfu", "allkeys-random", "volatile-lru",
@@ -41,10 +42,12 @@ class Spec:
     kind: str                        # int | bool | str | size | mirrors | strs | map
     checks: tuple[Check, ...] = ()   # run in order on a value of the right kind
     nullable: bool = False           # null means "not set", so the default (None) stands
+    may_be_empty: bool = False       # strs only: [] is a meaningful value ("nobody else")
 
 
-def setting(kind: str, *checks: Check, default: Any = MISSING, nullable: bool = False) -> Any:
-    meta = {"yaml": Spec(kind, checks, nullable)}
+def setting(kind: str, *checks: Check, default: Any = MISSING, nullable: bool = False,
+            may_be_empty: bool = False) -> Any:
+    meta = {"yaml": Spec(kind, checks, nullable, may_be_empty)}
     return field(metadata=meta) if default is MISSING else field(default=default, metadata=meta)
 
 
@@ -190,6 +193,29 @@ class Apt:
     proxy: str | None = setting("str", http_url, default=None, nullable=True)
 
 
+def _networks(values: tuple[str, ...]) -> tuple[str, ...]:
+    # One spelling each: "10.77.0.1" is stored as "10.77.0.1/32", "2001:DB8::/32" lower case;
+    # two spellings of one network are then kept once.
+    return tuple(dict.fromkeys(str(ipaddress.ip_network(v)) for v in values))
+
+
+@dataclass(frozen=True)
+class Firewall:
+    """Who may reach each service. The inventory's own hosts always reach what the cluster
+    needs between them; these lists only add networks outside it."""
+    enabled: bool = setting("bool", default=True)
+    # Clients that send tasks or read results: AMQP and Redis (and Sentinel).
+    clients: tuple[str, ...] = setting("strs", network, default=(), may_be_empty=True)
+    # Operators and monitoring: RabbitMQ management UI/API and metrics.
+    admin: tuple[str, ...] = setting("strs", network, default=(), may_be_empty=True)
+    # sshd; the default leaves it open, as a firewall must not lock the kit out of its hosts.
+    ssh: tuple[str, ...] = setting("strs", network, default=("0.0.0.0/0", "::/0"))
+
+    def __post_init__(self) -> None:
+        for name in ("clients", "admin", "ssh"):
+            object.__setattr__(self, name, _networks(getattr(self, name)))
+
+
 @dataclass(frozen=True)
 class Inventory:
     path: Path                       # absolute path of the inventory file
@@ -202,6 +228,7 @@ class Inventory:
     flower: Flower = field(default_factory=Flower)
     releases: Releases = field(default_factory=Releases)
     state_dir: Path | None = None    # None: <inventory dir>/.state; always a Path once built
+    firewall: Firewall = field(default_factory=Firewall)
 
     def __post_init__(self) -> None:
         if self.state_dir is None:

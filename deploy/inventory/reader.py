@@ -79,8 +79,9 @@ class Reader:
         return next((message for check in spec.checks if (message := check(value))), None)
 
     def str_list(self, value: list[Any], path: KeyPath, spec: Spec) -> Any:
-        """A non-empty list of unique strings; every bad item is reported at its own index."""
-        if not value:
+        """A list of unique strings, non-empty unless the setting says otherwise; every bad
+        item is reported at its own index."""
+        if not value and not spec.may_be_empty:
             self.add(path, "must not be empty")
             return BAD
         first: dict[str, int] = {}

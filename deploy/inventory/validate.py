@@ -14,13 +14,13 @@ from typing import Any
 
 from .checks import not_empty
 from .hostcheck import HostChecks
-from .model import (Apt, Celery, Flower, Host, Inventory, InventoryError, RabbitMQ, Redis,
-                    Releases, Spec, TopSSH, settings_of)
+from .model import (Apt, Celery, Firewall, Flower, Host, Inventory, InventoryError, RabbitMQ,
+                    Redis, Releases, Spec, TopSSH, settings_of)
 from .reader import resolve
 from .yamlload import load_yaml, show
 
 SECTIONS = {"ssh": TopSSH, "apt": Apt, "rabbitmq": RabbitMQ, "redis": Redis, "celery": Celery,
-            "flower": Flower, "releases": Releases}
+            "flower": Flower, "releases": Releases, "firewall": Firewall}
 TOP = {"state_dir": Spec("str", (not_empty,)), "hosts": Spec("map"),
        **{name: Spec("map") for name in SECTIONS}}
 
@@ -53,7 +53,8 @@ class _Checker(HostChecks):
             redis=Redis(**self.section(data, "redis")), celery=celery,
             flower=self.flower(data, base),
             releases=Releases(**self.section(data, "releases")),
-            state_dir=resolve(base, top.get("state_dir") or ".state"))
+            state_dir=resolve(base, top.get("state_dir") or ".state"),
+            firewall=Firewall(**self.section(data, "firewall")))
         if self.found:
             self.found.sort(key=lambda found: found[0])     # file order; stable within a line
             raise InventoryError(self.shown, [text for _, text in self.found])

@@ -8,14 +8,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy.inventory import (ROLES, SSH, Celery, Flower, Host, Inventory, InventoryError,
-                              RabbitMQ, Redis, TopSSH, WorkerScale, load_inventory)
+from deploy.inventory import (ROLES, SSH, Celery, Firewall, Flower, Host, Inventory,
+                              InventoryError, RabbitMQ, Redis, TopSSH, WorkerScale, load_inventory)
 from deploy.inventory.model import settings_of
 from deploy.inventory.validate import SECTIONS, TOP
 from deploy.inventory.yamlload import load_yaml
 
 PROJECT = Path(__file__).resolve().parents[2]
 EXAMPLE = PROJECT / "examples" / "inventory.example.yaml"
+NETWORK = ("must be an IPv4 or IPv6 network such as 10.0.0.0/8, 192.0.2.7 or 2001:db8::/32, "
+           "got {!r}")
 
 HOSTS = """\
 hosts:
@@ -211,6 +213,29 @@ BAD = [
     ("releases-keep-max", HOSTS + "releases:\n  keep: 51\n", "releases.keep", "keep: 51",
      "between 2 and 50"),
     ("state-dir", HOSTS + "state_dir: 3\n", "state_dir", "state_dir", "expected a string"),
+    # firewall:
+    ("firewall-enabled", HOSTS + "firewall:\n  enabled: 1\n", "firewall.enabled", "enabled",
+     "expected true or false, got 1 (int)"),
+    ("firewall-not-list", HOSTS + "firewall:\n  clients: 10.0.0.0/8\n", "firewall.clients",
+     "clients", "expected a list of strings, got '10.0.0.0/8' (str)"),
+    ("firewall-host-bits", HOSTS + "firewall:\n  clients: [10.0.0.5/24]\n",
+     "firewall.clients[0]", "10.0.0.5/24", "10.0.0.5/24 has host bits set; a network starts at "
+     "its first address (did you mean 10.0.0.0/24?)"),
+    ("firewall-ipv6-host-bits", HOSTS + "firewall:\n  admin: ['2001:db8::1/64']\n",
+     "firewall.admin[0]", "2001:db8::1/64", "2001:db8::1/64 has host bits set; a network starts "
+     "at its first address (did you mean 2001:db8::/64?)"),
+    ("firewall-not-network", HOSTS + "firewall:\n  admin:\n    - 10.0.0.0/8\n    - office\n",
+     "firewall.admin[1]", "office", NETWORK.format("office")),
+    ("firewall-prefix", HOSTS + "firewall:\n  ssh: [10.0.0.0/33]\n", "firewall.ssh[0]",
+     "10.0.0.0/33", NETWORK.format("10.0.0.0/33")),
+    ("firewall-zone-index", HOSTS + "firewall:\n  ssh: ['fe80::%eth0/64']\n", "firewall.ssh[0]",
+     "fe80", NETWORK.format("fe80::%eth0/64")),
+    ("firewall-ssh-empty", HOSTS + "firewall:\n  ssh: []\n", "firewall.ssh", "ssh: []",
+     "must not be empty"),
+    ("firewall-twice", HOSTS + "firewall:\n  clients: [10.0.0.0/8, 10.0.0.0/8]\n",
+     "firewall.clients[1]", "clients", "'10.0.0.0/8' is listed twice (also as [0])"),
+    ("firewall-unknown-key", HOSTS + "firewall:\n  client: []\n", "firewall.client", "client",
+     "unknown key 'client' (did you mean 'clients'?)"),
 ]
 
 
@@ -362,6 +387,7 @@ def test_defaults_fill_everything_not_given(tmp_path):
     assert inv.rabbitmq.consumer_timeout is None and inv.rabbitmq.mirrors == "majority"
     assert inv.celery.queues == ("celery",) and inv.celery.stop_timeout == 1800 + 60
     assert inv.releases.keep == 5 and inv.apt.proxy is None
+    assert inv.firewall == Firewall(enabled=True, clients=(), admin=(), ssh=("0.0.0.0/0", "::/0"))
     assert inv.state_dir == tmp_path / ".state"
     assert inv.host("node2").worker == WorkerScale(instances=2, concurrency=2)
 
@@ -373,6 +399,16 @@ def test_host_keys_are_set_once_for_the_inventory(tmp_path):
     assert inv.ssh.host_key_policy == "accept-new"
     # A host's own SSH has no host-key settings to disagree with the inventory's.
     assert type(inv.host("node1").ssh) is SSH and inv.host("node1").ssh == SSH()
+
+
+def test_firewall_networks_are_stored_with_their_prefix(tmp_path):
+    text = HOSTS + ("firewall:\n  enabled: false\n"
+                    "  clients: [10.77.0.1, 10.0.0.0/8, 10.77.0.1/32]   # one network twice\n"
+                    "  admin: ['2001:DB8::/32', '::1']\n  ssh: [192.0.2.0/255.255.255.0]\n")
+    firewall = load_inventory(write(tmp_path, text)).firewall
+    assert firewall == Firewall(enabled=False, clients=("10.77.0.1/32", "10.0.0.0/8"),
+                                admin=("2001:db8::/32", "::1/128"), ssh=("192.0.2.0/24",))
+    assert load_inventory(write(tmp_path, HOSTS + "firewall:\n  admin: []\n")).firewall.admin == ()
 
 
 def test_paths_resolve_relative_to_the_inventory_file(tmp_path, monkeypatch):
