@@ -9,6 +9,7 @@ validate.py enforces them, so a default and its rule cannot drift apart.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -103,9 +104,20 @@ class Host:
         return _known_role(role) in self.roles
 
 
+def _package_release(version: str | None) -> tuple[str, int] | None:
+    """("4.0.5", 4) from a Debian package version such as "1:4.0.5-6+deb13u2" (epoch and
+    Debian revision dropped); None when there is no version or it does not start N.N."""
+    upstream = (version or "").split(":", 1)[-1].rsplit("-", 1)[0]
+    found = re.match(r"(\d+)\.\d+", upstream)
+    return (upstream, int(found.group(1))) if found else None
+
+
 @dataclass(frozen=True)
 class RabbitMQ:
-    queue_mode: str = setting("str", one_of("mirrored", "quorum"), default="mirrored")
+    # None: automatic, chosen per deploy from the installed RabbitMQ (effective_queue_mode):
+    # one inventory then deploys onto Debian 12 (RabbitMQ 3.x) and Debian 13 (4.x) alike.
+    queue_mode: str | None = setting("str", one_of("mirrored", "quorum"), default=None,
+                                     nullable=True)
     mirrors: str | int = setting("mirrors", mirror_choice, default="majority")
     ha_sync_mode: str = setting("str", one_of("automatic", "manual"), default="automatic")
     vhost: str = setting("str", not_empty, default="/celery")
@@ -117,6 +129,10 @@ class RabbitMQ:
     management_port: int = setting("int", PORT, default=15672)
     # Seconds. None: derived later from the Celery time limits, so that it always follows them.
     consumer_timeout: int | None = setting("int", between(60), default=None, nullable=True)
+    # Quorum queues count deliveries: a message that keeps crashing or timing out its worker
+    # goes to the dead-letter queue after this many, instead of looping forever.
+    delivery_limit: int = setting("int", between(1, 1000), default=5)
+    dead_letter_queue: str = setting("str", QUEUE, default="celery.dead-letter")
 
     def mirror_count(self, n_nodes: int) -> int:
         """How many nodes hold a copy of each queue in a cluster of n_nodes."""
@@ -125,6 +141,26 @@ class RabbitMQ:
         if self.mirrors == "all":
             return n_nodes
         return int(self.mirrors)
+
+    def effective_queue_mode(self, version: str | None) -> str:
+        """The queue mode to deploy onto RabbitMQ `version` (a Debian package version such as
+        3.10.8-1.1+deb12u2). The file's choice if it made one; else quorum from 4.0 on (classic
+        mirroring is gone there), mirrored before. Unknown version: mirrored, the mode every
+        release this kit supports before 4.0 has."""
+        if self.queue_mode is not None:
+            return self.queue_mode
+        release = _package_release(version)
+        return "quorum" if release and release[1] >= 4 else "mirrored"
+
+    def queue_mode_problem(self, version: str | None, inventory_file: Path | str) -> str | None:
+        """Why this inventory cannot deploy onto RabbitMQ `version`, or None. Only an explicit
+        queue_mode: mirrored can fail: the automatic choice never picks it on 4.x."""
+        release = _package_release(version)
+        if self.queue_mode != "mirrored" or not release or release[1] < 4:
+            return None
+        return (f"RabbitMQ {release[0]} has no classic mirrored queues (removed in 4.0); write "
+                f"`queue_mode: quorum` in the rabbitmq: section of {inventory_file} (or leave "
+                "queue_mode out: it is chosen from the RabbitMQ version)")
 
 
 @dataclass(frozen=True)

@@ -81,12 +81,18 @@ class _Checker(HostChecks):
     def rabbitmq(self, top: dict[str, Any], hosts: list[Host], celery: Celery) -> RabbitMQ:
         path, data, values = ("rabbitmq",), top.get("rabbitmq"), self.section(top, "rabbitmq")
         given = data if isinstance(data, dict) else {}
-        if values.get("queue_mode") == "quorum":
-            for key in ("mirrors", "ha_sync_mode"):
-                if key in given and path + (key,) not in self.bad:
-                    self.add(path + (key,), f"{key} only applies to queue_mode mirrored; quorum "
-                             "queues replicate to all cluster members by design")
-                    values.pop(key, None)
+        # Settings of the other queue mode are an error only when the file chose a mode; with
+        # the automatic choice either mode may be deployed, so both sets of settings apply.
+        mode = values.get("queue_mode")
+        other = {"quorum": (("mirrors", "ha_sync_mode"), "only applies to queue_mode mirrored; "
+                            "quorum queues replicate to all cluster members by design"),
+                 "mirrored": (("delivery_limit",), "only applies to quorum queues; classic "
+                              "mirrored queues redeliver a message without limit")}
+        keys, why = other.get(mode, ((), ""))
+        for key in keys:
+            if key in given and path + (key,) not in self.bad:
+                self.add(path + (key,), f"{key} {why}")
+                values.pop(key, None)
         nodes = [h.name for h in hosts if "rabbitmq" in h.roles]
         mirrors = values.get("mirrors")
         if isinstance(mirrors, int) and nodes and mirrors > len(nodes):
@@ -104,6 +110,11 @@ class _Checker(HostChecks):
                      f"celery.time_limit ({celery.time_limit}): RabbitMQ would cut off a task "
                      "that is still allowed to run")
             del values["consumer_timeout"]
+        dead = values.get("dead_letter_queue", RabbitMQ.dead_letter_queue)
+        if dead in celery.queues and path + ("dead_letter_queue",) not in self.bad:
+            self.add(path + ("dead_letter_queue",), f"{dead!r} is also in celery.queues; the "
+                     "workers would consume the messages dead-lettered for failing them")
+            values.pop("dead_letter_queue", None)
         return RabbitMQ(**values)
 
     def flower(self, top: dict[str, Any], base: Path) -> Flower:

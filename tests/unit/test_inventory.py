@@ -134,6 +134,21 @@ BAD = [
      "http:// or https:// URL"),
     ("queue-mode", HOSTS + "rabbitmq:\n  queue_mode: classic\n", "rabbitmq.queue_mode",
      "classic", "mirrored, quorum"),
+    ("mirrored-with-delivery-limit", HOSTS + "rabbitmq:\n  queue_mode: mirrored\n"
+     "  delivery_limit: 3\n", "rabbitmq.delivery_limit", "delivery_limit: 3",
+     "delivery_limit only applies to quorum queues; classic mirrored queues redeliver a "
+     "message without limit"),
+    ("delivery-limit-low", HOSTS + "rabbitmq:\n  delivery_limit: 0\n", "rabbitmq.delivery_limit",
+     "delivery_limit: 0", "must be between 1 and 1000, got 0"),
+    ("delivery-limit-high", HOSTS + "rabbitmq:\n  delivery_limit: 1001\n",
+     "rabbitmq.delivery_limit", "1001", "must be between 1 and 1000, got 1001"),
+    ("dead-letter-name", HOSTS + "rabbitmq:\n  dead_letter_queue: dead letters\n",
+     "rabbitmq.dead_letter_queue", "dead letters",
+     "must be a queue name (letters, digits, '_', '.', ':', '-'), got 'dead letters'"),
+    ("dead-letter-consumed", HOSTS + "celery:\n  queues: [celery, dlq]\n"
+     "rabbitmq:\n  dead_letter_queue: dlq\n", "rabbitmq.dead_letter_queue", "dead_letter_queue",
+     "'dlq' is also in celery.queues; the workers would consume the messages dead-lettered "
+     "for failing them"),
     ("quorum-with-mirrors", HOSTS + "rabbitmq:\n  queue_mode: quorum\n  mirrors: 2\n",
      "rabbitmq.mirrors", "mirrors: 2", "only applies to queue_mode mirrored"),
     ("quorum-with-ha-sync", HOSTS + "rabbitmq:\n  ha_sync_mode: manual\n  queue_mode: quorum\n",
@@ -303,6 +318,12 @@ def test_top_level_must_be_a_mapping(tmp_path, text, what):
     assert what in err.problems[0]
 
 
+def test_settings_of_the_other_queue_mode_are_fine_when_the_mode_is_automatic(tmp_path):
+    text = HOSTS + "rabbitmq:\n  mirrors: 2\n  ha_sync_mode: manual\n  delivery_limit: 9\n"
+    rabbitmq = load_inventory(write(tmp_path, text)).rabbitmq
+    assert (rabbitmq.queue_mode, rabbitmq.mirrors, rabbitmq.delivery_limit) == (None, 2, 9)
+
+
 # -- good inventories ---------------------------------------------------------------------
 
 def test_repo_inventory_describes_the_three_lab_hosts():
@@ -385,6 +406,8 @@ def test_defaults_fill_everything_not_given(tmp_path):
     assert inv.known_hosts_path == tmp_path / ".state" / "known_hosts"
     assert (inv.rabbitmq, inv.redis, inv.flower) == (RabbitMQ(), Redis(), Flower())
     assert inv.rabbitmq.consumer_timeout is None and inv.rabbitmq.mirrors == "majority"
+    assert inv.rabbitmq.queue_mode is None and inv.rabbitmq.delivery_limit == 5
+    assert inv.rabbitmq.dead_letter_queue == "celery.dead-letter"
     assert inv.celery.queues == ("celery",) and inv.celery.stop_timeout == 1800 + 60
     assert inv.releases.keep == 5 and inv.apt.proxy is None
     assert inv.firewall == Firewall(enabled=True, clients=(), admin=(), ssh=("0.0.0.0/0", "::/0"))
@@ -409,6 +432,33 @@ def test_firewall_networks_are_stored_with_their_prefix(tmp_path):
     assert firewall == Firewall(enabled=False, clients=("10.77.0.1/32", "10.0.0.0/8"),
                                 admin=("2001:db8::/32", "::1/128"), ssh=("192.0.2.0/24",))
     assert load_inventory(write(tmp_path, HOSTS + "firewall:\n  admin: []\n")).firewall.admin == ()
+
+
+@pytest.mark.parametrize("mode,version,effective", [
+    (None, "3.10.8-1.1+deb12u2", "mirrored"),
+    (None, "4.0.5-6+deb13u2", "quorum"),
+    (None, "1:4.1.0-1", "quorum"),           # an epoch is not the major version
+    (None, "10.0.0-1", "quorum"),
+    (None, None, "mirrored"),
+    (None, "", "mirrored"),
+    (None, "unknown", "mirrored"),
+    ("mirrored", "4.0.5-6+deb13u2", "mirrored"),   # the file's choice stands (and fails)
+    ("quorum", "3.10.8-1.1+deb12u2", "quorum"),
+])
+def test_effective_queue_mode(mode, version, effective):
+    assert RabbitMQ(queue_mode=mode).effective_queue_mode(version) == effective
+
+
+def test_explicit_mirrored_on_rabbitmq_4_is_explained():
+    rabbitmq = RabbitMQ(queue_mode="mirrored")
+    assert rabbitmq.queue_mode_problem("4.0.5-6+deb13u2", "/srv/inventory.yaml") == (
+        "RabbitMQ 4.0.5 has no classic mirrored queues (removed in 4.0); write "
+        "`queue_mode: quorum` in the rabbitmq: section of /srv/inventory.yaml (or leave "
+        "queue_mode out: it is chosen from the RabbitMQ version)")
+    assert rabbitmq.queue_mode_problem("3.10.8-1.1+deb12u2", "i.yaml") is None
+    assert rabbitmq.queue_mode_problem(None, "i.yaml") is None
+    for mode in (None, "quorum"):
+        assert RabbitMQ(queue_mode=mode).queue_mode_problem("4.0.5-6+deb13u2", "i.yaml") is None
 
 
 def test_paths_resolve_relative_to_the_inventory_file(tmp_path, monkeypatch):
