@@ -2,8 +2,9 @@
 set up on them. load_inventory() reads and checks the YAML file once and returns immutable
 values; everything else in the kit works from those, never from the raw YAML."""
 from .model import (ROLES, SSH, Apt, Celery, Firewall, Flower, Host, Inventory, InventoryError,
-                    RabbitMQ, Redis, Releases, TopSSH, WorkerScale)
+                    Project, RabbitMQ, Redis, Releases, TopSSH, WorkerScale)
 from .validate import load_inventory
 
 __all__ = ["load_inventory", "Inventory", "Host", "SSH", "TopSSH", "WorkerScale", "RabbitMQ",
-           "Redis", "Celery", "Flower", "Releases", "Apt", "Firewall", "InventoryError", "ROLES"]
+           "Redis", "Celery", "Flower", "Releases", "Apt", "Firewall", "Project",
+           "InventoryError", "ROLES"]

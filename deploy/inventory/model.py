@@ -9,6 +9,7 @@ validate.py enforces them, so a default and its rule cannot drift apart.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
@@ -22,6 +23,8 @@ ROLES = ("rabbitmq", "redis", "worker", "beat", "flower")
 REDIS_POLICIES = ("noeviction", "allkeys-lru", "allkeys-lfu", "allkeys-random", "volatile-lru",
                   "volatile-lfu", "volatile-random", "volatile-ttl")
 LOGLEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# The kit's own example task package: the project deployed when the inventory names none.
+KIT_APP = Path(os.path.abspath(Path(__file__).parent / ".." / ".." / "app"))
 
 
 class InventoryError(Exception):
@@ -179,7 +182,7 @@ class Redis:
 
 @dataclass(frozen=True)
 class Celery:
-    app: str = setting("str", MODULE, default="app")
+    app: str = setting("str", MODULE, default="app")    # the module of the Celery app
     queues: tuple[str, ...] = setting("strs", QUEUE, default=("celery",))
     instances: int = setting("int", between(0, 64), default=2)      # worker units per host
     concurrency: int = setting("int", between(1, 256), default=2)   # processes/threads per unit
@@ -253,6 +256,19 @@ class Firewall:
 
 
 @dataclass(frozen=True)
+class Project:
+    """The task package shipped to the workers: any PEP 517 project (a pyproject.toml)."""
+    # Absolute once loaded: the project directory.
+    path: Path = setting("str", not_empty, default=KIT_APP)
+    # A fully pinned requirements file; relative to path, absolute once built.
+    lock: Path = setting("str", not_empty, default=Path("requirements.lock"))
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+        object.__setattr__(self, "lock", self.path / self.lock)   # an absolute lock stays
+
+
+@dataclass(frozen=True)
 class Inventory:
     path: Path                       # absolute path of the inventory file
     hosts: tuple[Host, ...]          # in file order
@@ -265,6 +281,7 @@ class Inventory:
     releases: Releases = field(default_factory=Releases)
     state_dir: Path | None = None    # None: <inventory dir>/.state; always a Path once built
     firewall: Firewall = field(default_factory=Firewall)
+    project: Project = field(default_factory=Project)
 
     def __post_init__(self) -> None:
         if self.state_dir is None:

@@ -14,13 +14,13 @@ from typing import Any
 
 from .checks import not_empty
 from .hostcheck import HostChecks
-from .model import (Apt, Celery, Firewall, Flower, Host, Inventory, InventoryError, RabbitMQ,
-                    Redis, Releases, Spec, TopSSH, settings_of)
+from .model import (Apt, Celery, Firewall, Flower, Host, Inventory, InventoryError, Project,
+                    RabbitMQ, Redis, Releases, Spec, TopSSH, settings_of)
 from .reader import resolve
 from .yamlload import load_yaml, show
 
 SECTIONS = {"ssh": TopSSH, "apt": Apt, "rabbitmq": RabbitMQ, "redis": Redis, "celery": Celery,
-            "flower": Flower, "releases": Releases, "firewall": Firewall}
+            "flower": Flower, "releases": Releases, "firewall": Firewall, "project": Project}
 TOP = {"state_dir": Spec("str", (not_empty,)), "hosts": Spec("map"),
        **{name: Spec("map") for name in SECTIONS}}
 
@@ -54,7 +54,8 @@ class _Checker(HostChecks):
             flower=self.flower(data, base),
             releases=Releases(**self.section(data, "releases")),
             state_dir=resolve(base, top.get("state_dir") or ".state"),
-            firewall=Firewall(**self.section(data, "firewall")))
+            firewall=Firewall(**self.section(data, "firewall")),
+            project=self.project(data, base))
         if self.found:
             self.found.sort(key=lambda found: found[0])     # file order; stable within a line
             raise InventoryError(self.shown, [text for _, text in self.found])
@@ -131,3 +132,24 @@ class _Checker(HostChecks):
                 if not values[key].is_file():
                     self.add(path + (key,), f"file not found: {values[key]}")
         return Flower(**values)
+
+    def project(self, top: dict[str, Any], base: Path) -> Project:
+        """The directory must be a PEP 517 project and the lock must exist: a deploy builds a
+        wheel from the one and installs exactly the other, and should not find out halfway."""
+        path, values = ("project",), self.section(top, "project")
+        if "path" in values:
+            values["path"] = resolve(base, values["path"])
+        if "lock" in values:        # relative to the project, which is what it pins
+            values["lock"] = resolve(values.get("path", Project.path), values["lock"])
+        project = Project(**values)
+        if path + ("path",) in self.bad:
+            return project          # the lock is relative to a directory we do not know
+        if not project.path.is_dir():
+            self.add(path + ("path",), f"directory not found: {project.path}")
+        elif not (project.path / "pyproject.toml").is_file():
+            self.add(path + ("path",), f"not a PEP 517 project: "
+                     f"{project.path / 'pyproject.toml'} not found")
+        elif path + ("lock",) not in self.bad and not project.lock.is_file():
+            self.add(path + ("lock",), f"file not found: {project.lock} (the project's fully "
+                     "pinned requirements)")
+        return project

@@ -9,8 +9,9 @@ import pytest
 import yaml
 
 from deploy.inventory import (ROLES, SSH, Celery, Firewall, Flower, Host, Inventory,
-                              InventoryError, RabbitMQ, Redis, TopSSH, WorkerScale, load_inventory)
-from deploy.inventory.model import settings_of
+                              InventoryError, Project, RabbitMQ, Redis, TopSSH, WorkerScale,
+                              load_inventory)
+from deploy.inventory.model import KIT_APP, settings_of
 from deploy.inventory.validate import SECTIONS, TOP
 from deploy.inventory.yamlload import load_yaml
 
@@ -251,6 +252,11 @@ BAD = [
      "firewall.clients[1]", "clients", "'10.0.0.0/8' is listed twice (also as [0])"),
     ("firewall-unknown-key", HOSTS + "firewall:\n  client: []\n", "firewall.client", "client",
      "unknown key 'client' (did you mean 'clients'?)"),
+    # project:
+    ("project-path-empty", HOSTS + "project:\n  path: ''\n", "project.path", "path",
+     "must not be empty"),
+    ("project-lock-type", HOSTS + "project:\n  lock: [a]\n", "project.lock", "lock",
+     "expected a string, got a list"),
 ]
 
 
@@ -318,6 +324,32 @@ def test_top_level_must_be_a_mapping(tmp_path, text, what):
     assert what in err.problems[0]
 
 
+def test_project_must_be_a_pep517_directory_with_its_lock(tmp_path):
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / "setup.py").write_text("")
+    err = error_of(tmp_path, HOSTS + "project:\n  path: proj\n")
+    assert err.problems == [f"{err.file}:9: project.path: not a PEP 517 project: "
+                            f"{tmp_path / 'proj' / 'pyproject.toml'} not found"]
+    err = error_of(tmp_path, HOSTS + "project:\n  path: nowhere\n")
+    assert err.problems == [f"{err.file}:9: project.path: directory not found: "
+                            f"{tmp_path / 'nowhere'}"]
+    (tmp_path / "proj" / "pyproject.toml").write_text("[project]\nname = 'p'\n")
+    err = error_of(tmp_path, HOSTS + "project:\n  path: proj\n  lock: locks/all.txt\n")
+    assert err.problems == [f"{err.file}:10: project.lock: file not found: "
+                            f"{tmp_path / 'proj' / 'locks' / 'all.txt'} (the project's fully "
+                            "pinned requirements)"]
+
+
+def test_project_default_lock_missing_is_reported_at_the_section(tmp_path):
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / "pyproject.toml").write_text("")
+    err = error_of(tmp_path, HOSTS + "project:\n  path: proj\n")
+    # The default lock has no line of its own: the problem points at the project: section.
+    assert err.problems == [f"{err.file}:8: project.lock: file not found: "
+                            f"{tmp_path / 'proj' / 'requirements.lock'} (the project's fully "
+                            "pinned requirements)"]
+
+
 def test_settings_of_the_other_queue_mode_are_fine_when_the_mode_is_automatic(tmp_path):
     text = HOSTS + "rabbitmq:\n  mirrors: 2\n  ha_sync_mode: manual\n  delivery_limit: 9\n"
     rabbitmq = load_inventory(write(tmp_path, text)).rabbitmq
@@ -347,26 +379,34 @@ def test_repo_inventory_describes_the_three_lab_hosts():
     assert inv.state_dir == PROJECT / ".state"
 
 
-def _tls_example(tmp_path: Path) -> Path:
-    """The example with its commented-out TLS lines switched on (they must name real files)."""
+def _full_example(tmp_path: Path) -> Path:
+    """The example with its commented-out TLS and project lines switched on (they must name
+    real files)."""
     text = EXAMPLE.read_text()
-    text = text.replace("  # tls_cert:", "  tls_cert:").replace("  # tls_key:", "  tls_key:")
+    for key in ("tls_cert", "tls_key", "path", "lock"):
+        assert text.count(f"  # {key}:") == 1, key
+        text = text.replace(f"  # {key}:", f"  {key}:")
     (tmp_path / "certs").mkdir()
     for name in ("flower.pem", "flower.key"):
         (tmp_path / "certs" / name).write_text("x")
+    (tmp_path / "myproject").mkdir()
+    for name in ("pyproject.toml", "requirements.lock"):
+        (tmp_path / "myproject" / name).write_text("")
     return write(tmp_path, text, EXAMPLE.name)
 
 
-def test_example_loads_in_place_and_with_tls(tmp_path):
+def test_example_loads_in_place_and_in_full(tmp_path):
     assert load_inventory(EXAMPLE).names() == ("node1", "node2", "node3")
-    flower = load_inventory(_tls_example(tmp_path)).flower
-    assert (flower.tls_cert, flower.tls_key) == (tmp_path / "certs/flower.pem",
-                                                 tmp_path / "certs/flower.key")
+    inv = load_inventory(_full_example(tmp_path))
+    assert (inv.flower.tls_cert, inv.flower.tls_key) == (tmp_path / "certs/flower.pem",
+                                                         tmp_path / "certs/flower.key")
+    assert inv.project == Project(path=tmp_path / "myproject",
+                                  lock=tmp_path / "myproject" / "requirements.lock")
 
 
 def test_example_documents_every_key(tmp_path):
     """Every key the loader accepts appears in the example (a new setting must be documented)."""
-    lines = load_yaml(_tls_example(tmp_path), "example").lines
+    lines = load_yaml(_full_example(tmp_path), "example").lines
     in_hosts = {p[2:] for p in lines if p[:1] == ("hosts",) and len(p) > 2}
     top_level = {(k,) for k in TOP} | {(s, k) for s, cls in SECTIONS.items()
                                        for k in settings_of(cls)}
@@ -377,14 +417,16 @@ def test_example_documents_every_key(tmp_path):
 
 
 def test_every_example_value_arrives_in_the_model(tmp_path):
-    path = _tls_example(tmp_path)
+    path = _full_example(tmp_path)
     raw = yaml.safe_load(path.read_text())
     inv = load_inventory(path)
     for section in SECTIONS:
         for key, value in raw[section].items():
             got = getattr(getattr(inv, section), key)
-            if key in ("key", "known_hosts", "tls_cert", "tls_key"):
+            if key in ("key", "known_hosts", "tls_cert", "tls_key", "path"):
                 value = tmp_path / value
+            elif key == "lock":
+                value = tmp_path / raw["project"]["path"] / value
             elif isinstance(value, list):
                 value = tuple(value)
             assert got == value, f"{section}.{key}"
@@ -411,6 +453,9 @@ def test_defaults_fill_everything_not_given(tmp_path):
     assert inv.celery.queues == ("celery",) and inv.celery.stop_timeout == 1800 + 60
     assert inv.releases.keep == 5 and inv.apt.proxy is None
     assert inv.firewall == Firewall(enabled=True, clients=(), admin=(), ssh=("0.0.0.0/0", "::/0"))
+    # The kit's own example package, wherever the kit is checked out.
+    assert inv.project == Project(path=KIT_APP, lock=KIT_APP / "requirements.lock")
+    assert KIT_APP == PROJECT / "app" and (KIT_APP / "pyproject.toml").is_file()
     assert inv.state_dir == tmp_path / ".state"
     assert inv.host("node2").worker == WorkerScale(instances=2, concurrency=2)
 
