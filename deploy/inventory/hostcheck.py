@@ -16,14 +16,16 @@ HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 # results in Redis; Flower watches the broker's events, which only workers send.
 NEEDS = {"worker": ("rabbitmq", "redis"), "beat": ("rabbitmq", "redis"),
          "flower": ("rabbitmq", "worker")}
-# How many hosts may have a role: (least, most, the rule as the message says it).
-COUNTS = {"redis": (1, 1, "exactly one host"), "flower": (0, 1, "at most one host"),
+# How many hosts may have a role: (least, most or None, the rule as the message says it).
+COUNTS = {"redis": (1, None, "at least one host"), "flower": (0, 1, "at most one host"),
           "beat": (0, 1, "at most one host (a second scheduler would send every periodic "
                    "task twice)")}
 # Keys of the top-level ssh: section that a host's own ssh: may not give, and why.
 TOP_ONLY_SSH = {"known_hosts": "one known_hosts file per inventory",
                 "host_key_policy": "one host key policy per inventory, for its one "
                                    "known_hosts file"}
+# Redis Sentinel runs on these roles' hosts once there is more than one redis host.
+SENTINEL_ROLES = frozenset({"redis", "rabbitmq"})
 
 
 class HostChecks(Reader):
@@ -113,8 +115,22 @@ class HostChecks(Reader):
                 self.add(("hosts",), f"no host has role '{role}'; at least one must")
         for role, (least, most, rule) in COUNTS.items():
             names = having[role]
-            if len(names) > most or (len(names) < least and role not in explained
-                                     and self.roles_known):
+            if (most is not None and len(names) > most) or (
+                    len(names) < least and role not in explained and self.roles_known):
                 found = f"found {len(names)}" + (f": {', '.join(names)}" if names else "")
                 where = ("hosts", names[-1], "roles") if names else ("hosts",)
                 self.add(where, f"{role} must be on {rule}, {found}")
+        self.sentinels(hosts, having["redis"])
+
+    def sentinels(self, hosts: list[Host], redis: list[str]) -> None:
+        """More than one redis host means replicas and Sentinel, which fails over only when a
+        majority of its instances agree: with 2, losing either one leaves no majority."""
+        if len(redis) < 2 or not self.roles_known:
+            return
+        voters = [h.name for h in hosts if h.roles & SENTINEL_ROLES]
+        if len(voters) < 3:
+            self.add(("hosts", redis[-1], "roles"), (
+                f"redis on {len(redis)} hosts ({', '.join(redis)}) runs Redis Sentinel on every "
+                "host with role redis or rabbitmq, and a Sentinel majority needs at least 3 of "
+                f"them (with 2, losing one stops failover); found {len(voters)}: "
+                f"{', '.join(voters)}"))

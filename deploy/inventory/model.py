@@ -178,6 +178,10 @@ class Redis:
     # FLUSHALL, CONFIG, ... stay disabled unless this is true.
     allow_dangerous_commands: bool = setting("bool", default=False)
     db: int = setting("int", between(0, 15), default=0)
+    # Only used with more than one redis host (see Inventory.sentinel_hosts): the port of
+    # Redis Sentinel, and the name clients ask Sentinel for to find the current master.
+    sentinel_port: int = setting("int", PORT, default=26379)
+    master_name: str = setting("str", NAME, default="celery-kit")
 
 
 @dataclass(frozen=True)
@@ -295,6 +299,18 @@ class Inventory:
     def with_role(self, role: str) -> tuple[Host, ...]:
         _known_role(role)
         return tuple(h for h in self.hosts if role in h.roles)
+
+    def redis_hosts(self) -> tuple[Host, ...]:
+        """In file order; the first is the initial master, any others its replicas (after a
+        failover Sentinel knows the master, not the inventory)."""
+        return self.with_role("redis")
+
+    def sentinel_hosts(self) -> tuple[Host, ...]:
+        """Where Redis Sentinel runs, in file order: every redis and rabbitmq host when there
+        is more than one redis host (enough voters for a majority); none with a single one."""
+        if len(self.redis_hosts()) < 2:
+            return ()
+        return tuple(h for h in self.hosts if h.roles & {"redis", "rabbitmq"})
 
     def host(self, name: str) -> Host:
         for h in self.hosts:

@@ -50,8 +50,7 @@ class _Checker(HostChecks):
         inventory = Inventory(
             path=path, hosts=tuple(hosts), ssh=self.ssh(ssh, base, TopSSH),
             apt=Apt(**self.section(data, "apt")), rabbitmq=self.rabbitmq(data, hosts, celery),
-            redis=Redis(**self.section(data, "redis")), celery=celery,
-            flower=self.flower(data, base),
+            redis=self.redis(data), celery=celery, flower=self.flower(data, base),
             releases=Releases(**self.section(data, "releases")),
             state_dir=resolve(base, top.get("state_dir") or ".state"),
             firewall=Firewall(**self.section(data, "firewall")),
@@ -117,6 +116,12 @@ class _Checker(HostChecks):
                      "workers would consume the messages dead-lettered for failing them")
             values.pop("dead_letter_queue", None)
         return RabbitMQ(**values)
+
+    def redis(self, top: dict[str, Any]) -> Redis:
+        path, values = ("redis",), self.section(top, "redis")
+        self.clash(path, top.get("redis"), values, Redis, ("port", "sentinel_port"),
+                   "each listener needs its own port")
+        return Redis(**values)
 
     def flower(self, top: dict[str, Any], base: Path) -> Flower:
         path, data, values = ("flower",), top.get("flower"), self.section(top, "flower")

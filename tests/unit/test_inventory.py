@@ -20,6 +20,9 @@ EXAMPLE = PROJECT / "examples" / "inventory.example.yaml"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 NETWORK = ("must be an IPv4 or IPv6 network such as 10.0.0.0/8, 192.0.2.7 or 2001:db8::/32, "
            "got {!r}")
+SENTINEL = ("redis on 2 hosts (node1, node2) runs Redis Sentinel on every host with role redis "
+            "or rabbitmq, and a Sentinel majority needs at least 3 of them (with 2, losing one "
+            "stops failover); found 2: node1, node2")
 
 HOSTS = """\
 hosts:
@@ -95,9 +98,11 @@ BAD = [
      "hosts.node2.roles[1]", "workr", "did you mean 'worker'?"),
     ("role-twice", HOSTS.replace("[rabbitmq, worker, beat]", "[rabbitmq, worker, worker]"),
      "hosts.node2.roles[2]", "[rabbitmq, worker, worker]", "listed twice"),
-    ("redis-twice", HOSTS.replace("[rabbitmq, worker, beat]", "[rabbitmq, worker, redis]"),
-     "hosts.node2.roles", "[rabbitmq, worker, redis]",
-     "redis must be on exactly one host, found 2: node1, node2"),
+    ("redis-twice-without-sentinel-majority",
+     HOSTS.replace("[rabbitmq, worker, beat]", "[rabbitmq, worker, redis]"),
+     "hosts.node2.roles", "[rabbitmq, worker, redis]", SENTINEL),
+    ("no-redis", "hosts:\n  node1:\n    address: 10.0.0.1\n    roles: [rabbitmq]\n", "hosts",
+     "hosts:", "redis must be on at least one host, found 0"),
     ("beat-twice", HOSTS + "  node3:\n    address: n3.example\n    roles: [worker, beat]\n",
      "hosts.node3.roles", "[worker, beat]", "beat must be on at most one host"),
     ("flower-twice", HOSTS + "  node3:\n    address: n3.example\n    roles: [flower]\n",
@@ -186,6 +191,12 @@ BAD = [
     ("appendfsync", HOSTS + "redis:\n  appendfsync: sometimes\n", "redis.appendfsync",
      "sometimes", "always, everysec, no"),
     ("redis-db", HOSTS + "redis:\n  db: 16\n", "redis.db", "db: 16", "between 0 and 15"),
+    ("sentinel-port", HOSTS + "redis:\n  sentinel_port: 65536\n", "redis.sentinel_port",
+     "65536", "must be between 1 and 65535, got 65536 (a TCP port)"),
+    ("sentinel-port-clash", HOSTS + "redis:\n  sentinel_port: 6379\n", "redis.sentinel_port",
+     "sentinel_port", "sentinel_port and port are both 6379; each listener needs its own port"),
+    ("master-name", HOSTS + "redis:\n  master_name: 'my master'\n", "redis.master_name",
+     "my master", "must be letters, digits, '_', '.' or '-', got 'my master'"),
     ("celery-app", HOSTS + "celery:\n  app: my-app\n", "celery.app", "my-app", "dotted Python"),
     ("queues-empty", HOSTS + "celery:\n  queues: []\n", "celery.queues", "queues", "empty"),
     ("queues-twice", HOSTS + "celery:\n  queues:\n    - a\n    - b\n    - a  # again\n",
@@ -351,6 +362,17 @@ def test_project_default_lock_missing_is_reported_at_the_section(tmp_path):
                             "pinned requirements)"]
 
 
+def test_sentinel_needs_three_redis_or_rabbitmq_hosts(variant):
+    # node3 loses rabbitmq: Sentinel would run on node1 and node2 only.
+    path = variant(("roles: [rabbitmq, worker]\n", "roles: [worker]\n"),
+                   source="inventory.sentinel.yaml")
+    with pytest.raises(InventoryError) as caught:
+        load_inventory(path)
+    text = path.read_text()
+    line = line_of(text, "[rabbitmq, redis, worker, beat]")
+    assert caught.value.problems == [f"{path}:{line}: hosts.node2.roles: {SENTINEL}"]
+
+
 def test_settings_of_the_other_queue_mode_are_fine_when_the_mode_is_automatic(tmp_path):
     text = HOSTS + "rabbitmq:\n  mirrors: 2\n  ha_sync_mode: manual\n  delivery_limit: 9\n"
     rabbitmq = load_inventory(write(tmp_path, text)).rabbitmq
@@ -384,9 +406,29 @@ def test_fixture_inventory(fixture_inventory):
     assert inv.project == Project(path=FIXTURES / "project",
                                   lock=FIXTURES / "project" / "requirements.lock")
     assert inv.celery == Celery(app="tasks")
+    assert [h.name for h in inv.redis_hosts()] == ["node1"] and inv.sentinel_hosts() == ()
     assert inv.rabbitmq.mirror_count(len(inv.with_role("rabbitmq"))) == 2
     assert (inv.redis, inv.flower, inv.firewall) == (Redis(), Flower(), Firewall())
     assert inv.state_dir == FIXTURES / ".state"
+
+
+def test_sentinel_variant_runs_sentinel_on_every_redis_and_rabbitmq_host():
+    inv = load_inventory(FIXTURES / "inventory.sentinel.yaml")
+    assert [h.name for h in inv.redis_hosts()] == ["node1", "node2"]     # node1: first master
+    assert [h.name for h in inv.sentinel_hosts()] == ["node1", "node2", "node3"]
+    assert (inv.redis.sentinel_port, inv.redis.master_name) == (26380, "results")
+
+
+def test_sentinel_hosts_keep_file_order_and_skip_other_hosts(variant):
+    # Redis on node3 and node4: Sentinel on the rabbitmq hosts too, not on worker-only node5.
+    inv = load_inventory(variant(
+        ("[rabbitmq, redis, flower]", "[rabbitmq, flower]"),
+        ("    roles: [rabbitmq, worker]\n", "    roles: [rabbitmq, worker, redis]\n"
+         "  node4: {address: 192.0.2.14, roles: [redis]}\n"
+         "  node5: {address: 192.0.2.15, roles: [worker]}\n")))
+    assert [h.name for h in inv.redis_hosts()] == ["node3", "node4"]
+    assert [h.name for h in inv.sentinel_hosts()] == ["node1", "node2", "node3", "node4"]
+    assert (inv.redis.sentinel_port, inv.redis.master_name) == (26379, "celery-kit")
 
 
 def _full_example(tmp_path: Path) -> Path:
@@ -460,6 +502,7 @@ def test_defaults_fill_everything_not_given(tmp_path):
     assert inv.rabbitmq.consumer_timeout is None and inv.rabbitmq.mirrors == "majority"
     assert inv.rabbitmq.queue_mode is None and inv.rabbitmq.delivery_limit == 5
     assert inv.rabbitmq.dead_letter_queue == "celery.dead-letter"
+    assert (inv.redis.sentinel_port, inv.redis.master_name) == (26379, "celery-kit")
     assert inv.celery.queues == ("celery",) and inv.celery.stop_timeout == 1800 + 60
     assert inv.releases.keep == 5 and inv.apt.proxy is None
     assert inv.firewall == Firewall(enabled=True, clients=(), admin=(), ssh=("0.0.0.0/0", "::/0"))
@@ -468,6 +511,7 @@ def test_defaults_fill_everything_not_given(tmp_path):
     assert KIT_APP == PROJECT / "app" and (KIT_APP / "pyproject.toml").is_file()
     assert inv.state_dir == tmp_path / ".state"
     assert inv.host("node2").worker == WorkerScale(instances=2, concurrency=2)
+    assert [h.name for h in inv.redis_hosts()] == ["node1"] and inv.sentinel_hosts() == ()
 
 
 def test_host_keys_are_set_once_for_the_inventory(tmp_path):
