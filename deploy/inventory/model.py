@@ -219,6 +219,9 @@ class Flower:
     # Absolute once loaded; both or neither.
     tls_cert: Path | None = setting("str", not_empty, default=None, nullable=True)
     tls_key: Path | None = setting("str", not_empty, default=None, nullable=True)
+    # The name users type to reach Flower; HTTP redirects only to it (never to whatever Host
+    # header a request brought). None: the address of the flower host.
+    server_name: str | None = setting("str", host_address, default=None, nullable=True)
 
     def __post_init__(self) -> None:
         # "/flower/", "flower/" and "flower" all mean the same prefix; keep one spelling.

@@ -20,6 +20,7 @@ EXAMPLE = PROJECT / "examples" / "inventory.example.yaml"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 NETWORK = ("must be an IPv4 or IPv6 network such as 10.0.0.0/8, 192.0.2.7 or 2001:db8::/32, "
            "got {!r}")
+ADDRESS = "must be an IPv4/IPv6 address or a DNS host name, got {!r}"
 SENTINEL = ("redis on 2 hosts (node1, node2) runs Redis Sentinel on every host with role redis "
             "or rabbitmq, and a Sentinel majority needs at least 3 of them (with 2, losing one "
             "stops failover); found 2: node1, node2")
@@ -236,6 +237,8 @@ BAD = [
      "letters, digits"),
     ("tls-half", HOSTS + "flower:\n  tls_key: key.pem\n", "flower.tls_key", "tls_key",
      "given without tls_cert"),
+    ("flower-server-name", HOSTS + "flower:\n  server_name: flower_ops.example\n",
+     "flower.server_name", "flower_ops", ADDRESS.format("flower_ops.example")),
     ("releases-keep", HOSTS + "releases:\n  keep: 1\n", "releases.keep", "keep: 1",
      "rollback needs the previous release"),
     ("releases-keep-max", HOSTS + "releases:\n  keep: 51\n", "releases.keep", "keep: 51",
@@ -503,6 +506,7 @@ def test_defaults_fill_everything_not_given(tmp_path):
     assert inv.rabbitmq.queue_mode is None and inv.rabbitmq.delivery_limit == 5
     assert inv.rabbitmq.dead_letter_queue == "celery.dead-letter"
     assert (inv.redis.sentinel_port, inv.redis.master_name) == (26379, "celery-kit")
+    assert inv.flower.server_name is None
     assert inv.celery.queues == ("celery",) and inv.celery.stop_timeout == 1800 + 60
     assert inv.releases.keep == 5 and inv.apt.proxy is None
     assert inv.firewall == Firewall(enabled=True, clients=(), admin=(), ssh=("0.0.0.0/0", "::/0"))
@@ -531,6 +535,12 @@ def test_firewall_networks_are_stored_with_their_prefix(tmp_path):
     assert firewall == Firewall(enabled=False, clients=("10.77.0.1/32", "10.0.0.0/8"),
                                 admin=("2001:db8::/32", "::1/128"), ssh=("192.0.2.0/24",))
     assert load_inventory(write(tmp_path, HOSTS + "firewall:\n  admin: []\n")).firewall.admin == ()
+
+
+def test_flower_server_name(tmp_path):
+    for name in ("flower.example.org", "192.0.2.80", "2001:db8::80"):
+        text = HOSTS + f"flower:\n  server_name: '{name}'\n"
+        assert load_inventory(write(tmp_path, text)).flower.server_name == name
 
 
 @pytest.mark.parametrize("mode,version,effective", [
