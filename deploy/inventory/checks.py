@@ -1,12 +1,17 @@
 """The rules a single inventory value must meet, each a function: None when the value is fine,
 else what is wrong (validate.py adds file, line and key path). Kept apart from model.py so the
 model reads as a list of settings and this file as the list of rules.
+
+Many values end up inside configuration files or commands on the hosts (apt.conf, redis.conf,
+env files, URLs, nginx). The rules are therefore allow-lists of characters, not block-lists:
+a value either matches what the setting can mean or it is refused before anything is built.
 """
 from __future__ import annotations
 
 import difflib
 import ipaddress
 import re
+import unicodedata
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
@@ -39,12 +44,31 @@ def matching(pattern: str, what: str, flags: int = 0) -> Check:
 
 PORT = between(1, 65535, "a TCP port")
 NAME = matching(r"[A-Za-z0-9_.-]+", "letters, digits, '_', '.' or '-'")   # needs no quoting
-MAXMEMORY = matching(r"\d+(b|k|kb|m|mb|g|gb)?", "a size like 256mb, 2gb or 0", re.IGNORECASE)
+# re.ASCII: \d would also take other scripts' digits, which redis.conf does not.
+MAXMEMORY = matching(r"\d+(b|k|kb|m|mb|g|gb)?", "a size like 256mb, 2gb or 0",
+                     re.IGNORECASE | re.ASCII)
 MODULE = matching(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", "a dotted Python module path", re.ASCII)
 QUEUE = matching(r"[A-Za-z0-9_.:-]+", "a queue name (letters, digits, '_', '.', ':', '-')")
 URL_PATH = matching(r"[A-Za-z0-9_-]*(/[A-Za-z0-9_-]+)*", "a URL path such as flower or ops/flower")
+# The vhost goes into URLs (quoted) and onto rabbitmqctl command lines.
+VHOST = matching(r"/?[A-Za-z0-9_.-]+", "an optional '/' followed by letters, digits, '_', '.' "
+                 "or '-' (such as /celery)")
 _LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
 _DNS_NAME = re.compile(rf"{_LABEL}(\.{_LABEL})*\.?")
+# What apt.proxy may be made of: RFC 3986 characters without quotes, so that the value cannot
+# end the quoted string it is written into in apt.conf ('Acquire::http::Proxy "...";').
+_URL_CHARS = "-._~:/?#[]@!&()*+,=%"
+_URL_TEXT = re.compile(r"[A-Za-z0-9" + re.escape(_URL_CHARS) + r"]*")
+
+
+def printable(value: str) -> str | None:
+    """Every string in the file: a line break or a control character would end a line of the
+    config file or command it goes into and start one the file never said."""
+    for index, char in enumerate(value, 1):
+        if unicodedata.category(char) in ("Cc", "Zl", "Zp"):
+            return (f"must not contain a line break or control character, found {char!r} "
+                    f"at character {index}")
+    return None
 
 
 def not_empty(value: str) -> str | None:
@@ -52,11 +76,14 @@ def not_empty(value: str) -> str | None:
 
 
 def host_address(value: str) -> str | None:
-    try:
-        ipaddress.ip_address(value)
-        return None
-    except ValueError:
-        pass
+    # An IPv6 zone index ("fe80::1%eth0") may hold any character at all, and a link-local
+    # address cannot serve a cluster anyway: such a value is refused as neither form.
+    if "%" not in value:
+        try:
+            ipaddress.ip_address(value)
+            return None
+        except ValueError:
+            pass
     # An all-digit last label is a mistyped IPv4 address (10.77.0.300), not a DNS name.
     last_label = value.rstrip(".").split(".")[-1]
     if _DNS_NAME.fullmatch(value) and len(value) <= 253 and not last_label.isdigit():
@@ -98,6 +125,14 @@ def http_url(value: str) -> str | None:
     except ValueError:
         ok = False
     return None if ok else f"must be an http:// or https:// URL with a host, got {value!r}"
+
+
+def proxy_url(value: str) -> str | None:
+    for index, char in enumerate(value, 1):
+        if not _URL_TEXT.fullmatch(char):
+            return (f"must be a URL made only of letters, digits and {_URL_CHARS} (it is written "
+                    f"into apt's configuration), found {char!r} at character {index}")
+    return http_url(value)
 
 
 def mirror_choice(value: str | int) -> str | None:

@@ -50,7 +50,7 @@ class HostChecks(Reader):
         for name, raw in data.items():
             here = path + (name,)
             if not HOST_NAME.fullmatch(name):
-                self.add(here, f"host name '{name}' must be a lowercase RFC 1123 label (a-z, "
+                self.add(here, f"host name {name!r} must be a lowercase RFC 1123 label (a-z, "
                          "0-9 and '-', at most 63): it becomes a name in /etc/hosts and a RabbitMQ node name")
             if not isinstance(raw, dict):
                 self.add(here, f"expected a mapping with address and roles, got {show(raw)}")

@@ -15,9 +15,9 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .checks import (MAXMEMORY, MODULE, NAME, PORT, QUEUE, URL_PATH, Check, between,
-                     host_address, http_url, matching, mirror_choice, network, not_empty,
-                     not_guest, one_of)
+from .checks import (MAXMEMORY, MODULE, NAME, PORT, QUEUE, URL_PATH, VHOST, Check, between,
+                     host_address, matching, mirror_choice, network, not_empty, not_guest,
+                     one_of, proxy_url)
 
 ROLES = ("rabbitmq", "redis", "worker", "beat", "flower")
 REDIS_POLICIES = ("noeviction", "allkeys-lru", "allkeys-lfu", "allkeys-random", "volatile-lru",
@@ -123,7 +123,7 @@ class RabbitMQ:
                                      nullable=True)
     mirrors: str | int = setting("mirrors", mirror_choice, default="majority")
     ha_sync_mode: str = setting("str", one_of("automatic", "manual"), default="automatic")
-    vhost: str = setting("str", not_empty, default="/celery")
+    vhost: str = setting("str", not_empty, VHOST, default="/celery")
     app_user: str = setting("str", NAME, not_guest, default="celery")
     admin_user: str = setting("str", NAME, not_guest, default="admin")
     partition_handling: str = setting("str", one_of("pause_minority", "autoheal", "ignore"),
@@ -236,7 +236,7 @@ class Releases:
 @dataclass(frozen=True)
 class Apt:
     # An http(s) proxy for apt on every host; None: hosts reach their mirrors directly.
-    proxy: str | None = setting("str", http_url, default=None, nullable=True)
+    proxy: str | None = setting("str", proxy_url, default=None, nullable=True)
 
 
 def _networks(values: tuple[str, ...]) -> tuple[str, ...]:

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .checks import suggest
+from .checks import printable, suggest
 from .model import Spec
 from .yamlload import KINDS, KeyPath, Loaded, format_path, show
 
@@ -47,7 +47,7 @@ class Reader:
         for key in data:
             if key not in fields:
                 hint = suggest(key, fields) or f"; known keys: {', '.join(fields)}"
-                self.add(path + (key,), f"unknown key '{key}'{hint}")
+                self.add(path + (key,), f"unknown key {key!r}{hint}")
         values = {}
         for key, spec in fields.items():
             if key in data:
@@ -75,8 +75,10 @@ class Reader:
 
     @staticmethod
     def problem(value: Any, spec: Spec) -> str | None:
-        """The first rule value breaks, or None."""
-        return next((message for check in spec.checks if (message := check(value))), None)
+        """The first rule value breaks. Every string is checked for line breaks and control
+        characters first, whatever its own rules: the generic guard no setting can forget."""
+        checks = (printable, *spec.checks) if isinstance(value, str) else spec.checks
+        return next((message for check in checks if (message := check(value))), None)
 
     def str_list(self, value: list[Any], path: KeyPath, spec: Spec) -> Any:
         """A list of unique strings, non-empty unless the setting says otherwise; every bad
@@ -90,7 +92,7 @@ class Reader:
             if not isinstance(item, str):
                 problem = f"expected a string, got {show(item)}"
             elif item in first:
-                problem = f"'{item}' is listed twice (also as [{first[item]}])"
+                problem = f"{item!r} is listed twice (also as [{first[item]}])"
             else:
                 first[item] = index
                 problem = self.problem(item, spec)

@@ -3,6 +3,7 @@ give the model with defaults filled in. Pure: YAML files in tmp_path, no SSH."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -18,9 +19,13 @@ from deploy.inventory.yamlload import load_yaml
 PROJECT = Path(__file__).resolve().parents[2]
 EXAMPLE = PROJECT / "examples" / "inventory.example.yaml"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+# The message of the generic rule every string meets (a line break or control character).
+CONTROL = "must not contain a line break or control character, found {!r} at character {}"
 NETWORK = ("must be an IPv4 or IPv6 network such as 10.0.0.0/8, 192.0.2.7 or 2001:db8::/32, "
            "got {!r}")
 ADDRESS = "must be an IPv4/IPv6 address or a DNS host name, got {!r}"
+PROXY_CHARS = ("must be a URL made only of letters, digits and -._~:/?#[]@!&()*+,=% (it is "
+               "written into apt's configuration), found {!r} at character {}")
 SENTINEL = ("redis on 2 hosts (node1, node2) runs Redis Sentinel on every host with role redis "
             "or rabbitmq, and a Sentinel majority needs at least 3 of them (with 2, losing one "
             "stops failover); found 2: node1, node2")
@@ -172,6 +177,12 @@ BAD = [
     ("partition-handling", HOSTS + "rabbitmq:\n  partition_handling: pause\n",
      "rabbitmq.partition_handling", "pause", "pause_minority, autoheal, ignore"),
     ("vhost-empty", HOSTS + "rabbitmq:\n  vhost: ''\n", "rabbitmq.vhost", "vhost", "empty"),
+    ("vhost-chars", HOSTS + "rabbitmq:\n  vhost: '/celery;rm'\n", "rabbitmq.vhost", "vhost",
+     "must be an optional '/' followed by letters, digits, '_', '.' or '-' (such as /celery), "
+     "got '/celery;rm'"),
+    ("vhost-inner-slash", HOSTS + "rabbitmq:\n  vhost: /a/b\n", "rabbitmq.vhost", "/a/b",
+     "must be an optional '/' followed by letters, digits, '_', '.' or '-' (such as /celery), "
+     "got '/a/b'"),
     ("guest-user", HOSTS + "rabbitmq:\n  admin_user: guest\n", "rabbitmq.admin_user", "guest",
      "must not be 'guest'"),
     ("user-chars", HOSTS + "rabbitmq:\n  app_user: 'celery app'\n", "rabbitmq.app_user",
@@ -272,6 +283,33 @@ BAD = [
      "must not be empty"),
     ("project-lock-type", HOSTS + "project:\n  lock: [a]\n", "project.lock", "lock",
      "expected a string, got a list"),
+    # Input hardening: values end up in config files and commands on the hosts.
+    ("apt-proxy-injection", HOSTS + "apt:\n  proxy: 'http://10.77.0.1:3128/\";APT::Update::"
+     "Pre-Invoke {\"id\";};\"'\n", "apt.proxy", "Pre-Invoke", PROXY_CHARS.format('"', 23)),
+    ("address-zone-index", HOSTS.replace("10.0.0.2", "'fe80::2%eth0;x'"), "hosts.node2.address",
+     "fe80", ADDRESS.format("fe80::2%eth0;x")),
+    ("newline-in-string", HOSTS + 'celery:\n  app: "app\\nimport os"\n', "celery.app",
+     "app:", CONTROL.format("\n", 4)),
+    ("newline-in-list-item", HOSTS + 'celery:\n  queues: [celery, "a\\r"]\n',
+     "celery.queues[1]", "queues", CONTROL.format("\r", 2)),
+    ("control-char-in-choice", HOSTS + 'redis:\n  appendfsync: "no\\e"\n', "redis.appendfsync",
+     "appendfsync", CONTROL.format("\x1b", 3)),
+    ("line-separator", HOSTS + 'flower:\n  users: ["ops\\L"]\n', "flower.users[0]", "users",
+     CONTROL.format("\u2028", 4)),
+    ("path-ssh-key", 'ssh:\n  key: "keys/id\\n"\n' + HOSTS, "ssh.key", "key:",
+     CONTROL.format("\n", 8)),
+    ("path-known-hosts", 'ssh:\n  known_hosts: "k\\th"\n' + HOSTS, "ssh.known_hosts",
+     "known_hosts", CONTROL.format("\t", 2)),
+    ("path-host-ssh-key", HOSTS + '    ssh: {key: "\\0id"}\n', "hosts.node2.ssh.key", "ssh:",
+     CONTROL.format("\x00", 1)),
+    ("path-tls-cert", HOSTS + 'flower:\n  tls_cert: "c\\npem"\n  tls_key: k\n',
+     "flower.tls_cert", "tls_cert", CONTROL.format("\n", 2)),
+    ("path-project", HOSTS + 'project:\n  path: "app\\n"\n', "project.path", "path:",
+     CONTROL.format("\n", 4)),
+    ("path-lock", HOSTS + 'project:\n  lock: "requirements.lock\\r"\n', "project.lock",
+     "lock:", CONTROL.format("\r", 18)),
+    ("path-state-dir", HOSTS + 'state_dir: "state\\x7f"\n', "state_dir", "state_dir",
+     CONTROL.format("\x7f", 6)),
 ]
 
 
@@ -337,6 +375,26 @@ def test_top_level_must_be_a_mapping(tmp_path, text, what):
     assert len(err.problems) == 1
     assert err.problems[0].startswith(f"{err.file}:1: top level: expected a mapping")
     assert what in err.problems[0]
+
+
+@pytest.mark.parametrize("char", ['"', "'", "\\", " ", ";", "{", "}", "`", "$", "<", "|"])
+def test_apt_proxy_refuses_characters_that_could_leave_its_quotes(tmp_path, char):
+    proxy = f"http://proxy:3128/a{char}b"
+    text = HOSTS + f"apt:\n  proxy: {json.dumps(proxy)}\n"    # JSON is YAML's double quotes
+    err = error_of(tmp_path, text)
+    assert err.problems == [f"{err.file}:9: apt.proxy: {PROXY_CHARS.format(char, 20)}"]
+
+
+def test_apt_proxy_takes_url_safe_characters(tmp_path):
+    proxy = "https://user:p%40ss@[2001:db8::1]:3128/path?x=1&y=(2)*+,!~"
+    inv = load_inventory(write(tmp_path, HOSTS + f"apt:\n  proxy: '{proxy}'\n"))
+    assert inv.apt.proxy == proxy
+
+
+@pytest.mark.parametrize("vhost", ["/celery", "celery", "/a.b_c-1"])
+def test_vhost_forms(tmp_path, vhost):
+    text = HOSTS + f"rabbitmq:\n  vhost: '{vhost}'\n"
+    assert load_inventory(write(tmp_path, text)).rabbitmq.vhost == vhost
 
 
 def test_project_must_be_a_pep517_directory_with_its_lock(tmp_path):
