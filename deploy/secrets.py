@@ -3,10 +3,17 @@
 Stored in <state_dir>/secrets.yaml (gitignored). An environment variable
 CELERYKIT_SECRET_<NAME> (upper case) overrides the stored value, for CI or a vault.
 Values reach hosts only inside uploaded files or on stdin, never on a command line.
+
+Every value, stored or from the environment, must be SAFE: at least 16 characters from
+[A-Za-z0-9._~+/=-]. That set survives every place a secret is written: URLs (after quoting),
+single-quoted env files, Redis's quoted requirepass and Flower's user:password list; a quote,
+comma or line break in a secret would otherwise end its field and start one of the attacker's.
+Generated secrets are letters and digits, so they always are.
 """
 from __future__ import annotations
 
 import os
+import re
 import secrets as rnd
 import string
 import threading
@@ -18,6 +25,16 @@ import yaml
 from .commands import register_secret
 
 ALPHABET = string.ascii_letters + string.digits
+MIN_LENGTH = 16
+SAFE = re.compile(r"[A-Za-z0-9._~+/=-]{%d,}" % MIN_LENGTH)
+RULE = (f"a secret must be at least {MIN_LENGTH} characters, each a letter, a digit or one of "
+        ". _ ~ + / = - (the characters that stay intact in URLs, single-quoted env files, "
+        "Redis's requirepass and Flower's user:password list); the value is not shown")
+ENV_PREFIX = "CELERYKIT_SECRET_"
+
+
+class SecretError(ValueError):
+    """A secret that breaks SAFE; the message names where it came from, never the value."""
 
 
 @dataclass(frozen=True)
@@ -33,7 +50,15 @@ class Secret:
 
 
 def generate(length: int = 40) -> str:
+    if length < MIN_LENGTH:
+        raise ValueError(f"secrets are at least {MIN_LENGTH} characters, asked for {length}")
     return "".join(rnd.choice(ALPHABET) for _ in range(length))
+
+
+def _checked(value: object, where: str) -> str:
+    if not isinstance(value, str) or not SAFE.fullmatch(value):
+        raise SecretError(f"{where}: {RULE}")
+    return value
 
 
 class SecretStore:
@@ -50,6 +75,8 @@ class SecretStore:
                     raise PermissionError(f"{self.path} is mode {mode:04o}; secrets must be 0600 "
                                           f"(chmod 600 {self.path})")
                 self._values = yaml.safe_load(self.path.read_text()) or {}
+                if not isinstance(self._values, dict):
+                    raise SecretError(f"{self.path}: expected a mapping of secret name to value")
             else:
                 self._values = {}
         return self._values
@@ -57,15 +84,16 @@ class SecretStore:
     def get(self, name: str, length: int = 40) -> Secret:
         """The secret `name`, generated and saved on first use."""
         with self._lock:
-            env = os.environ.get("CELERYKIT_SECRET_" + name.upper())
+            variable = ENV_PREFIX + name.upper()
+            env = os.environ.get(variable)
             if env:
-                value = env
+                value = _checked(env, variable)
             else:
                 values = self._load()
                 if name not in values:
                     values[name] = generate(length)
                     self._save(values)
-                value = values[name]
+                value = _checked(values[name], f"{self.path}: {name}")
         register_secret(value)
         return Secret(name, value)
 
