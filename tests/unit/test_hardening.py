@@ -246,6 +246,216 @@ def record(systemd_analyze: str) -> Path:
     return path
 
 
+
+# nginx site for Flower -------------------------------------------------------------------
+
+MOZILLA_INTERMEDIATE_WITHOUT_DHE = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305")
+
+
+def site(**overrides) -> str:
+    context = {"host": SimpleNamespace(name="node1", address="10.77.0.11"), "port": 5555,
+               "prefix": "flower", "http_port": 80, "https_port": 443, "https_port_suffix": "",
+               "tls_cert": "/etc/celery-kit/tls/flower.crt",
+               "tls_key": "/etc/celery-kit/tls/flower.key",
+               "htpasswd": "/etc/nginx/celery-kit-flower.htpasswd", "hsts": False,
+               "server_name": "10.77.0.11"}
+    return render("nginx-flower.conf.j2", **{**context, **overrides})
+
+
+def without_comments(conf: str) -> str:
+    return "\n".join(line.split("#", 1)[0] for line in conf.splitlines())
+
+
+def blocks(text: str, head: str) -> list[tuple[int, int]]:
+    """(start, end) of every `head {...}` block at the top level of text."""
+    out, i = [], 0
+    while (m := re.compile(rf"(?m)^{head}\s*\{{").search(text, i)):
+        depth, j = 0, m.end() - 1
+        while True:
+            depth += {"{": 1, "}": -1}.get(text[j], 0)
+            j += 1
+            if depth == 0:
+                break
+        out.append((m.start(), j))
+        i = j
+    return out
+
+
+def top_level(conf: str) -> str:
+    """The config outside every block (what nginx puts into http {})."""
+    text, out, depth = without_comments(conf), [], 0
+    for ch in text:
+        depth += {"{": 1, "}": -1}.get(ch, 0)
+        if depth == 0 and ch != "}":
+            out.append(ch)
+    return "".join(out)
+
+
+def servers(conf: str) -> tuple[str, str]:
+    """(https server, http server), comments removed."""
+    text = without_comments(conf)
+    found = [text[a:b] for a, b in blocks(text, "server")]
+    assert len(found) == 2
+    (https,) = [b for b in found if re.search(r"listen \S+ ssl;", b)]
+    (http,) = [b for b in found if b is not https]
+    return https, http
+
+
+def server_level(block: str) -> str:
+    """Directives of a server block itself, locations cut out."""
+    inner, out, depth = block[block.index("{") + 1:block.rindex("}")], [], 0
+    for ch in inner:
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+        elif depth == 0:
+            out.append(ch)
+    return "".join(out)
+
+
+def directives(text: str, name: str) -> list[str]:
+    return [m.strip() for m in re.findall(rf"(?m)^\s*{name}\s+([^;]*);", text)]
+
+
+def test_tls_is_mozilla_intermediate_without_dhe():
+    https = server_level(servers(site())[0])
+    assert directives(https, "ssl_protocols") == ["TLSv1.2 TLSv1.3"]
+    assert directives(https, "ssl_ciphers") == [MOZILLA_INTERMEDIATE_WITHOUT_DHE]
+    for cipher in directives(https, "ssl_ciphers")[0].split(":"):
+        assert re.fullmatch(r"ECDHE-(ECDSA|RSA)-(AES128-GCM-SHA256|AES256-GCM-SHA384|CHACHA20-POLY1305)",
+                            cipher), cipher
+    assert directives(https, "ssl_prefer_server_ciphers") == ["off"]
+    assert directives(https, "ssl_session_tickets") == ["off"]
+    assert directives(https, "ssl_session_timeout") == ["1d"]
+    assert re.fullmatch(r"shared:\w+:\d+m", directives(https, "ssl_session_cache")[0])
+    assert "ssl_dhparam" not in https          # no DHE suites, so no parameters to ship
+
+
+def test_no_weak_tls_1_2_suites_anywhere():
+    # Every ssl_* directive of the site, wherever it is.
+    conf = "\n".join(re.findall(r"(?m)^\s*ssl_\w+\s+[^;]*;", without_comments(site()))).upper()
+    assert "SSL_CIPHERS" in conf and "SSL_PROTOCOLS" in conf
+    for weak in (r"CBC", r"SHA1", r"-SHA[;:\s]", r"CAMELLIA", r"ARIA", r"(?<!EC)DHE", r"EDH",
+                 r"3DES", r"RC4", r"AES(128|256)-SHA(256|384)", r"TLSV1(\.1)?\s", r"\bHIGH\b",
+                 r"DEFAULT", r"ALL"):
+        assert not re.search(weak, conf), weak
+
+
+def test_server_tokens_off_in_both_servers():
+    for server in servers(site()):
+        assert directives(server_level(server), "server_tokens") == ["off"]
+
+
+@pytest.mark.parametrize("server_name, https_port_suffix, target", [
+    ("10.77.0.11", "", "https://10.77.0.11$request_uri"),
+    ("flower.example.com", "", "https://flower.example.com$request_uri"),
+    ("flower.example.com", ":8443", "https://flower.example.com:8443$request_uri"),
+    ("fd00::11", "", "https://[fd00::11]$request_uri"),
+    ("fd00::11", ":8443", "https://[fd00::11]:8443$request_uri"),
+])
+def test_http_redirects_to_the_configured_name_never_the_clients_host(
+        server_name, https_port_suffix, target):
+    _, http = servers(site(server_name=server_name, https_port_suffix=https_port_suffix))
+    assert directives(http, "return") == [f"301 {target}"]
+    assert "$host" not in http and "$http_host" not in http and "$server_name" not in http
+
+
+@pytest.mark.parametrize("bad", ["", "evil.example$request_uri", "a b", "x;return 200",
+                                 "x{", "[fd00::11]", "é.example"])
+def test_a_server_name_that_is_no_name_or_address_fails_the_rendering(bad):
+    with pytest.raises(jinja2.UndefinedError):
+        site(server_name=bad)
+
+
+def test_requests_are_rate_limited_per_client_address_before_the_login():
+    conf = site()
+    zones = directives(top_level(conf), "limit_req_zone")
+    assert len(zones) == 1
+    m = re.fullmatch(r"\$binary_remote_addr zone=(celerykit_\w+):(\d+)m rate=(\d+)r/s", zones[0])
+    assert m, zones[0]
+    zone, rate = m.group(1), int(m.group(3))
+    assert 1 <= rate <= 10
+    https, http = servers(conf)
+    # At server level: every location is limited, and limit_req (preaccess phase) runs before
+    # auth_basic (access phase), so every password guess is counted.
+    (limit,) = directives(server_level(https), "limit_req")
+    m = re.fullmatch(rf"zone={zone} burst=(\d+)(?: delay=(\d+)| nodelay)?", limit)
+    assert m and int(m.group(1)) <= 20, limit
+    assert directives(server_level(https), "limit_req_status") == ["429"]
+    for body in re.findall(r"location\s+[^{]*\{([^}]*)\}", https):
+        assert "limit_req" not in body                     # no location replaces the limit
+    # Zones share one namespace: the TLS session cache must not reuse the name.
+    assert zone not in directives(https, "ssl_session_cache")[0].split(":")
+
+
+def test_login_stays_at_server_level_and_http_never_asks_for_it():
+    https, http = servers(site())
+    top = server_level(https)
+    assert directives(top, "auth_basic") == ['"Flower"']
+    assert directives(top, "auth_basic_user_file") == ["/etc/nginx/celery-kit-flower.htpasswd"]
+    assert "auth_basic off" not in https and "auth_basic" not in http
+    # Unauthenticated answers could only come from `return` (rewrite phase, before the login)
+    for name, body in re.findall(r"location\s+([^{]*)\{([^}]*)\}", https):
+        if "return" in body:
+            assert name.strip() == "@flower_home"
+
+
+@pytest.mark.parametrize("prefix", ["flower", "ops/flower", ""])
+def test_proxy_prefix_and_websocket_handling_stay(prefix):
+    conf = site(prefix=prefix)
+    https, _ = servers(conf)
+    loc = re.search(rf"location /{re.escape(prefix + '/' if prefix else '')} \{{([^}}]*)\}}", https).group(1)
+    assert "proxy_pass http://127.0.0.1:5555;" in loc
+    for line in ["proxy_http_version 1.1;", "proxy_set_header Upgrade $http_upgrade;",
+                 "proxy_set_header Connection $celerykit_flower_connection;",
+                 "proxy_set_header Host $host;", "proxy_buffering off;",
+                 "proxy_set_header X-Forwarded-Proto $scheme;"]:
+        assert line in loc
+    assert re.search(r"map \$http_upgrade \$celerykit_flower_connection \{\s*default upgrade;", conf)
+    if prefix:
+        assert re.search(rf"location @flower_home \{{\s*return 302 /{prefix}/;", https)
+        assert re.search(rf"location = /{prefix} \{{\s*try_files \S+ @flower_home;", https)
+    else:
+        assert "@flower_home" not in https
+
+
+def test_hsts_only_with_the_inventory_certificate():
+    assert "Strict-Transport-Security" not in site(hsts=False)
+    https, http = servers(site(hsts=True))
+    assert 'add_header Strict-Transport-Security "max-age=31536000" always;' in server_level(https)
+    assert "Strict-Transport-Security" not in http
+
+
+NGINX_CONF = """events {{ worker_connections 64; }}
+pid {tmp}/nginx.pid;
+http {{
+    client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi; uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
+    access_log off;
+    include {tmp}/site.conf;
+}}
+"""
+
+
+@pytest.mark.skipif(not shutil.which("nginx"), reason="nginx is not installed (only checked where it is)")
+@pytest.mark.parametrize("overrides", [{}, {"prefix": "", "hsts": True, "server_name": "fd00::11"}])
+def test_nginx_accepts_the_site(tmp_path, overrides):
+    key, cert = tmp_path / "k.pem", tmp_path / "c.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "1", "-subj", "/CN=t", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    (tmp_path / "htpasswd").write_text("")
+    (tmp_path / "site.conf").write_text(site(tls_cert=str(cert), tls_key=str(key),
+                                             htpasswd=str(tmp_path / "htpasswd"), **overrides))
+    (tmp_path / "nginx.conf").write_text(NGINX_CONF.format(tmp=tmp_path))
+    proc = subprocess.run(["nginx", "-t", "-q", "-p", str(tmp_path), "-e", str(tmp_path / "error.log"),
+                           "-c", str(tmp_path / "nginx.conf")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
 if __name__ == "__main__":
     if len(sys.argv) != 3 or sys.argv[1] != "record":
         sys.exit("usage: python tests/unit/test_hardening.py record /path/to/systemd-analyze")
