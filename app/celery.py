@@ -1,8 +1,7 @@
-"""The Celery application. Tasks are included through the app's config (`include`), and
-every setting comes from the environment the kit renders on the hosts (see config.py)."""
+"""The Celery application. Its settings are the kit's (celery_kit_config, installed into
+every release venv and written by `fab client-env` for producers), read from the
+environment the kit renders; an app of your own starts from them the same way."""
 from celery import Celery
 
-from . import config
-
 app = Celery("app", include=["app.tasks"])
-app.config_from_object(config.from_env())
+app.config_from_object("celery_kit_config")

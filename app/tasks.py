@@ -44,6 +44,13 @@ def release():
     return release_id()
 
 
+@app.task
+def greeting():
+    """Reads a data file shipped inside the package (package data reaches the hosts)."""
+    from importlib.resources import files
+    return files("app").joinpath("data/greeting.txt").read_text().strip()
+
+
 def release_id() -> str:
     """The release this worker runs: releases/<id>/venv is sys.prefix."""
     marker = Path(sys.prefix).parent / "RELEASE"

@@ -1,29 +1,34 @@
-"""Build a release on the control machine: a wheel of app/ plus a wheelhouse of its
-dependencies resolved for the hosts' exact Python (hosts need no PyPI).
+"""Build a release on the control machine: the task package's wheel, built by a standard
+PEP 517 builder (`uv build`), plus a wheelhouse of its dependencies resolved from its fully
+pinned lock file for the hosts' exact Python (hosts need no PyPI).
 
-The release id is a hash of everything that goes into it (app sources, pinned
-requirements, target interpreter and platform), so an unchanged app and unchanged
-dependencies give the same id: no new release, nothing reported as changed.
+The release id is a content hash of what is shipped (the wheel's bytes, the requirements
+selected for the target, the target), so an unchanged project gives the same id: no new
+release, nothing reported as changed. Builds are reproducible (SOURCE_DATE_EPOCH) and
+cached by a fingerprint of the project's files.
 """
 from __future__ import annotations
 
-import base64
 import hashlib
-import io
+import os
+import re
 import subprocess
 import sys
 import tarfile
 import threading
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-APP = ROOT / "app"
-LOCK = APP / "requirements.lock"     # fully pinned: the same id means the same wheels
-WHEEL_NAME = "celery_kit_app"
-VERSION = "1.0.0"
-EPOCH = (1980, 1, 1, 0, 0, 0)      # fixed zip timestamps: same sources, same wheel bytes
+from .errors import DeployFailed
+
+KIT = Path(__file__).resolve().parents[1]
+# The kit's Celery settings module, installed into every release venv (see celery_env.py).
+SETTINGS = KIT / "deploy" / "client" / "celery_kit_config.py"
+BUILD_CONSTRAINTS = KIT / "deploy" / "build-constraints.txt"   # pinned build backends
+SOURCE_DATE_EPOCH = "315532800"          # 1980-01-01: zip's earliest; same sources, same bytes
+# Local leftovers that are not the project (never hashed, never shipped).
+SKIP = {".git", ".hg", "__pycache__", "build", "dist", ".venv", "venv", ".tox", ".nox",
+        ".pytest_cache", ".mypy_cache", ".ruff_cache", "node_modules"}
 
 
 @dataclass(frozen=True)
@@ -57,89 +62,122 @@ TARGET_FACT_ARGV = ("python3", "-c", "import platform; print(platform.python_ver
                     "platform.machine(), ''.join(platform.libc_ver()))")
 
 
-SKIP_DIRS = {"__pycache__", "build", "dist"}     # local build leftovers are not the app
+@dataclass(frozen=True)
+class Project:
+    path: Path           # a PEP 517 project directory
+    lock: Path           # its fully pinned requirements
 
 
-def app_files() -> list[Path]:
-    return sorted(p for p in APP.rglob("*.py")
-                  if not SKIP_DIRS & set(p.relative_to(APP).parts[:-1])
-                  and not any(part.endswith(".egg-info") for part in p.parts))
+@dataclass(frozen=True)
+class Release:
+    id: str
+    tarball: Path
+    wheel: str           # file name of the project's wheel inside the tarball
 
 
-def release_id(target: Target) -> str:
+def project_files(root: Path) -> list[Path]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIP and not d.endswith(".egg-info"))
+        out += [Path(dirpath) / f for f in sorted(filenames) if not f.endswith((".pyc", ".pyo"))]
+    return out
+
+
+def fingerprint(project: Project) -> str:
+    """Of everything the build reads: the project's files, its lock and the build pins."""
     h = hashlib.sha256()
-    for p in app_files() + [LOCK]:
-        h.update(str(p.relative_to(APP)).encode() + b"\0" + p.read_bytes() + b"\0")
-    h.update(f"{target.python} {target.machine} {target.glibc}".encode())
-    return h.hexdigest()[:12]
-
-
-def build_wheel() -> tuple[str, bytes]:
-    """A pure-Python wheel of app/, built directly (no build backend, no network)."""
-    dist = f"{WHEEL_NAME}-{VERSION}.dist-info"
-    files = {f"app/{p.relative_to(APP)}": p.read_bytes() for p in app_files()}
-    files[f"{dist}/METADATA"] = (f"Metadata-Version: 2.1\nName: celery-kit-app\nVersion: {VERSION}\n"
-                                 "Requires-Dist: celery[msgpack,redis]\n").encode()
-    files[f"{dist}/WHEEL"] = b"Wheel-Version: 1.0\nGenerator: celery-kit\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
-    record = []
-    for name, data in files.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-        record.append(f"{name},sha256={digest},{len(data)}")
-    files[f"{dist}/RECORD"] = ("\n".join(record + [f"{dist}/RECORD,,"]) + "\n").encode()
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        for name in sorted(files):
-            z.writestr(zipfile.ZipInfo(name, EPOCH), files[name])
-    return f"{WHEEL_NAME}-{VERSION}-py3-none-any.whl", buf.getvalue()
+    for p in project_files(project.path) + [project.lock, BUILD_CONSTRAINTS]:
+        h.update(str(p.relative_to(project.path) if p.is_relative_to(project.path) else p.name).encode())
+        h.update(b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
 
 
 def _tool(name: str) -> str:
     return str(Path(sys.executable).with_name(name))
 
 
-_BUILD_LOCK = threading.Lock()   # hosts with the same target ask at the same time
+def _run(argv: list[str], what: str, env: dict | None = None) -> str:
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env={**os.environ, **(env or {})})
+    if proc.returncode != 0:
+        raise DeployFailed(f"{what} failed: {' '.join(argv[:3])} …\n{proc.stdout[-2000:]}")
+    return proc.stdout
 
 
-def build_release(state_dir: Path, target: Target) -> tuple[str, Path]:
-    """Return (release id, path of the tarball to ship), building it unless cached."""
-    with _BUILD_LOCK:
-        return _build_release(state_dir, target)
+def build_wheel(project: Project, cache: Path) -> Path:
+    """The project's wheel, built once per fingerprint by `uv build` (PEP 517)."""
+    out = cache / "wheels" / fingerprint(project)
+    found = sorted(out.glob("*.whl")) if out.exists() else []
+    if found:
+        return found[0]
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        for p in tmp.iterdir():
+            p.unlink()
+    _run([_tool("uv"), "build", "--wheel", "--no-progress", "--quiet", "--out-dir", str(tmp),
+          "--python", sys.executable, "--build-constraint", str(BUILD_CONSTRAINTS), str(project.path)],
+         f"building the wheel of {project.path}", env={"SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH})
+    wheels = sorted(tmp.glob("*.whl"))
+    if len(wheels) != 1:
+        raise DeployFailed(f"building {project.path} gave {len(wheels)} wheels, expected one")
+    tmp.rename(out)
+    return out / wheels[0].name
 
 
-def _build_release(state_dir: Path, target: Target) -> tuple[str, Path]:
-    rid = release_id(target)
-    out = state_dir / "build" / rid
-    tarball = out / "release.tar.gz"
-    if tarball.exists():
-        return rid, tarball
+def pinned(lock: Path, names: list[str]) -> list[str]:
+    """Which of names the lock file pins (case and -/_ insensitive)."""
+    norm = lambda s: re.sub(r"[-_.]+", "-", s).lower()   # noqa: E731 (PEP 503 names)
+    have = {norm(re.split(r"[=<>!~\[; ]", line.strip(), 1)[0]) for line in lock.read_text().splitlines()
+            if line.strip() and not line.lstrip().startswith(("#", "-"))}
+    return [n for n in names if norm(n) in have]
+
+
+_LOCK = threading.Lock()   # hosts with the same target ask at the same time
+
+
+def build_release(project: Project, cache: Path, target: Target) -> Release:
+    """The release for one target, built unless cached."""
+    with _LOCK:
+        wheel = build_wheel(project, cache)
+        pins = cache / "pins" / f"{fingerprint(project)}-{target.python}-{target.machine}-{target.glibc}.txt"
+        if not pins.exists():
+            pins.parent.mkdir(parents=True, exist_ok=True)
+            # uv evaluates markers such as python_full_version for the exact interpreter
+            # (redis-py needs async-timeout below 3.11.3); pip's --python-version does not.
+            _run([_tool("uv"), "pip", "compile", str(project.lock), "--python-version", target.python,
+                  # Markers depend on OS and machine only; wheels are chosen later by pip with
+                  # every manylinux tag the host's glibc accepts.
+                  "--python-platform", f"{target.machine}-unknown-linux-gnu",
+                  "--no-header", "--no-annotate", "-q", "-o", str(pins) + ".tmp"],
+                 f"resolving {project.lock} for Python {target.python}")
+            os.replace(str(pins) + ".tmp", pins)
+        h = hashlib.sha256(wheel.read_bytes())
+        h.update(pins.read_bytes())
+        h.update(SETTINGS.read_bytes())
+        h.update(f"{target.python} {target.machine} {target.glibc}".encode())
+        rid = h.hexdigest()[:12]
+        out = cache / rid
+        tarball = out / "release.tar.gz"
+        if not tarball.exists():
+            _assemble(out, tarball, wheel, pins, rid, target)
+        return Release(rid, tarball, wheel.name)
+
+
+def _assemble(out: Path, tarball: Path, wheel: Path, pins: Path, rid: str, target: Target) -> None:
     wheels = out / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
-    pins = out / "requirements.txt"
-    # Select from the universal lock for the exact interpreter: uv evaluates markers such as
-    # python_full_version (redis-py needs async-timeout below 3.11.3), pip's
-    # --python-version does not. Every input is pinned, so the result is deterministic.
-    _run([_tool("uv"), "pip", "compile", str(LOCK), "--python-version", target.python,
-          "--python-platform", f"{target.machine}-manylinux_2_{target.glibc.split('.')[1]}",
-          "--no-header", "--no-annotate", "-q", "-o", str(pins)])
     cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
            "--python-version", target.python.rsplit(".", 1)[0], "--implementation", "cp",
            "--abi", target.abi, "--abi", "abi3", "--abi", "none", "-d", str(wheels), "-r", str(pins)]
     for plat in target.platforms():
         cmd += ["--platform", plat]
-    _run(cmd)
-    name, data = build_wheel()
-    (wheels / name).write_bytes(data)
+    _run(cmd, f"downloading the wheels for Python {target.python}")
+    (wheels / wheel.name).write_bytes(wheel.read_bytes())
     (out / "RELEASE").write_text(rid + "\n")
     tmp = tarball.with_suffix(".tmp")
     with tarfile.open(tmp, "w:gz") as tar:
         tar.add(wheels, arcname="wheels")
         tar.add(pins, arcname="requirements.txt")
+        tar.add(SETTINGS, arcname=SETTINGS.name)
         tar.add(out / "RELEASE", arcname="RELEASE")
     tmp.rename(tarball)
-    return rid, tarball
-
-
-def _run(argv: list[str]) -> None:
-    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"build failed: {' '.join(argv[:4])} …\n{proc.stdout[-2000:]}")

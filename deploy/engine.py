@@ -1,9 +1,16 @@
-"""The deploy engine: plans, applying them, and stages across hosts.
+"""The engine: the one loop that runs stages. For each stage and host it gathers facts, asks
+the stage for a plan, and then prints it (dry-run) or applies it step by step, waiting where
+the plan says to wait. Stages only decide (stage.py); nothing else runs, prints or waits.
 
-A stage function reads facts, decides what the host needs and returns a plan: a list of
-Changes. An empty plan means "unchanged". The engine applies plans (or only prints them in
-dry-run), runs a stage on all its hosts in parallel (or serially for order-sensitive
-steps), and stops later stages when a host failed.
+Stages run in the order given. A stage runs on all its hosts in parallel, or one host at a
+time when it is order-sensitive (serial: cluster starts, rolling restarts); a failure stops
+the later stages (and, in a serial stage, the hosts after the failed one). Each stage's plan
+returns an output (a release id, "config changed") that later stages read, instead of a
+shared mutable context.
+
+Facts of every stage are read up front in ONE round trip per host. While nothing has
+changed anywhere those facts are still true and are used as they are: a deploy with nothing
+to do costs one round trip per host. After any change, stages read their facts afresh.
 """
 from __future__ import annotations
 
@@ -11,19 +18,18 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any
 
 from . import commands as C
+from .errors import DeployFailed, Interrupted
 from .facts import file_content
-from .files import ManagedFile, unified_diff
+from .files import unified_diff
+from .progress import Progress
+from .stage import Stage, StageEnv
+from .steps import STAGED, Await, Change, Plan, Replan, Step
 from .transport import CommandError, Session
 
-
-@dataclass
-class Change:
-    what: str                                  # one line for people, e.g. "file /etc/x"
-    commands: list[C.Cmd] = field(default_factory=list)
-    file: ManagedFile | None = None            # upload + atomic install
+MAX_ROUNDS = 6          # replans of one stage on one host before it counts as not converging
 
 
 @dataclass
@@ -32,107 +38,242 @@ class HostReport:
     changed: list[str] = field(default_factory=list)
     failed: str | None = None
     notes: list[str] = field(default_factory=list)
+    stopped_at: str | None = None        # the step an interrupt stopped before
 
-
-class DeployFailed(RuntimeError):
-    pass
-
-
-_print_lock = threading.Lock()
-
-
-def say(line: str) -> None:
-    with _print_lock:
-        print(C.mask(line), flush=True)
-
-
-def apply_plan(s: Session, plan: list[Change], report: HostReport, stage: str) -> None:
-    """Execute a plan in the order the stage built it (stages put files before the
-    daemon-reload and restarts that depend on them). In dry-run, print it instead."""
-    if not plan:
-        return
-    for ch in plan:
-        report.changed.append(f"{stage}: {ch.what}")
-        if s.dry_run:
-            _print_dry(s, ch)
-            continue
-        if ch.file is not None:
-            staged = s.stage(ch.file.content)
-            s.apply(C.install_file(staged, ch.file.path, ch.file.owner, ch.file.group, ch.file.mode))
-        for c in ch.commands:
-            s.apply(c)
-
-
-def _print_dry(s: Session, ch: Change) -> None:
-    lines = [f"  {s.name}: would change {ch.what}"]
-    if ch.file is not None:
-        if ch.file.secret:
-            lines.append("    (secret file: content not shown)")
-        else:
-            old = s.gather([file_content("old", ch.file.path)]).get("old")
-            lines.append(_indent(unified_diff(ch.file.path, old, ch.file.content.decode())))
-    lines += [f"    $ {c.show()}" for c in ch.commands]
-    say("\n".join(l for l in lines if l))
-
-
-def _indent(text: str) -> str:
-    return "\n".join("    " + l for l in text.splitlines())
-
-
-StageFn = Callable[[Session, HostReport], None]
+    @property
+    def result(self) -> str:
+        if self.stopped_at is not None:
+            return "interrupted"
+        return "failed" if self.failed else ("changed" if self.changed else "unchanged")
 
 
 class Engine:
-    def __init__(self, sessions: dict[str, Session], dry_run: bool = False):
+    def __init__(self, ctx, sessions: dict[str, Session], dry_run: bool = False,
+                 progress: Progress | None = None):
+        self.ctx = ctx
         self.sessions = sessions
         self.dry_run = dry_run
+        self.progress = progress or Progress()
         self.reports = {name: HostReport(name) for name in sessions}
+        self.outputs: dict[str, dict[str, Any]] = {}
+        self.timings: list[tuple[str, float]] = []
         self.failed = False
+        self.interrupt = threading.Event()
+        self._dirty = False                          # something changed since the prefetch
+        self._changes = 0                            # Change steps applied so far
+        self._prefetched: dict[str, dict[str, dict]] = {}
 
-    def stage(self, name: str, hosts: list[str], fn: StageFn, serial: bool = False) -> None:
-        """Run fn on every host of the stage (parallel unless serial). A failure marks
-        the deploy failed and later stages are skipped by the caller's loop."""
-        if self.failed or not hosts:
+    def say(self, text: str) -> None:
+        self.progress.say(text)
+
+    # Running stages ----------------------------------------------------------------------
+    def run(self, stages: list[Stage]) -> None:
+        self.prefetch(stages)
+        for stage in stages:
+            if self.failed or self.interrupt.is_set():
+                break
+            self.run_stage(stage)
+
+    def prefetch(self, stages: list[Stage]) -> None:
+        """Every stage's facts, per host, in one round trip."""
+        wanted: dict[str, list] = {name: [] for name in self.sessions}
+        for stage in stages:
+            for h in self._hosts(stage):
+                for f in stage.facts(self.ctx, h):
+                    wanted[h.name].append((stage.name, f))
+
+        def one(name: str) -> None:
+            pairs = wanted[name]
+            if not pairs:
+                return
+            keyed = [type(f)(f"{st}\x00{f.key}", f.argv, f.parse) for st, f in pairs]
+            try:
+                values = self.sessions[name].gather(keyed)
+            except Exception:       # the stages will read (and report) on their own
+                return
+            out: dict[str, dict] = {}
+            for key, value in values.items():
+                st, _, k = key.partition("\x00")
+                out.setdefault(st, {})[k] = value
+            self._prefetched[name] = out
+
+        self._parallel(list(self.sessions), one)
+
+    def _hosts(self, stage: Stage) -> list:
+        return [h for h in stage.hosts(self.ctx.inv) if h.name in self.sessions]
+
+    def run_stage(self, stage: Stage) -> None:
+        hosts = self._hosts(stage)
+        if not hosts:
             return
         t0 = time.monotonic()
-        say(f"[{name}] {', '.join(hosts)}{' (one host at a time)' if serial else ''}")
+        self.say(f"[{stage.name}] {', '.join(h.name for h in hosts)}"
+                 f"{' (one host at a time)' if stage.serial else ''}")
+        facts: dict[str, dict] = {}
+        outputs: dict[str, Any] = {}
 
-        def one(host: str) -> None:
-            report = self.reports[host]
+        def read(h) -> None:
+            try:
+                facts[h.name] = self._facts(stage, h)
+            except Exception as exc:
+                self._fail(h.name, stage, exc)
+
+        self._parallel(hosts, read)
+        prepared = None
+        if not self.failed:
+            try:
+                prepared = stage.prepare(self.ctx, facts)
+            except Exception as exc:
+                for h in hosts:
+                    self._fail(h.name, stage, exc)
+        env = StageEnv(self.outputs, prepared, facts)
+
+        def one(h) -> None:
+            report = self.reports[h.name]
             before = len(report.changed)
             try:
-                fn(self.sessions[host], report)
-            except CommandError as exc:
-                report.failed = f"stage {name}: `{exc.command}` exited {exc.rc}\n{exc.stderr_tail}"
-            except DeployFailed as exc:
-                report.failed = f"stage {name}: {C.mask(str(exc))}"
-            except Exception as exc:  # an SSH failure, a bug: still name host and stage
-                report.failed = f"stage {name}: {type(exc).__name__}: {C.mask(str(exc))}"
+                outputs[h.name] = self._host(stage, h, facts[h.name], env)
+            except Exception as exc:
+                self._fail(h.name, stage, exc)
             n = len(report.changed) - before
-            state = "FAILED" if report.failed else (f"{n} changed" if n else "ok")
-            say(f"  {host}: {state}")
+            state = ("INTERRUPTED" if report.stopped_at else "FAILED" if report.failed
+                     else f"{n} {'to change' if self.dry_run else 'changed'}" if n else "ok")
+            self.say(f"  {h.name}: {state}")
 
-        if serial:
-            for h in hosts:
-                one(h)
-                if self.reports[h].failed:
+        if not self.failed:
+            if stage.serial:
+                read_at = self._changes
+                for h in hosts:
+                    if self._changes > read_at:
+                        # An earlier host of this stage changed things this host may see.
+                        try:
+                            facts[h.name] = self._gather(h, stage)
+                        except Exception as exc:
+                            self._fail(h.name, stage, exc)
+                            break
+                    one(h)
+                    if self.reports[h.name].failed or self.interrupt.is_set():
+                        break
+            else:
+                self._parallel(hosts, one)
+        self.outputs[stage.name] = outputs
+        took = time.monotonic() - t0
+        self.timings.append((stage.name, took))
+        self.say(f"  ({took:.1f}s)")
+
+    def _facts(self, stage: Stage, h) -> dict:
+        if not self._dirty and stage.name in self._prefetched.get(h.name, {}):
+            return self._prefetched[h.name][stage.name]
+        return self._gather(h, stage)
+
+    def _gather(self, h, stage: Stage) -> dict:
+        return self.sessions[h.name].gather(stage.facts(self.ctx, h))
+
+    def _host(self, stage: Stage, h, facts: dict, env: StageEnv) -> Any:
+        s, report = self.sessions[h.name], self.reports[h.name]
+        for _ in range(MAX_ROUNDS):
+            plan: Plan = stage.plan(self.ctx, h, facts, env)
+            for note in plan.notes:
+                if note not in report.notes:
+                    report.notes.append(note)
+                    self.say(f"  {h.name}: {note}")
+            if not self.apply(s, plan.steps, stage.name):
+                return plan.output
+            facts = self._gather(h, stage)
+        raise DeployFailed(f"stage {stage.name} did not settle on {h.name} after {MAX_ROUNDS} rounds")
+
+    def _fail(self, host: str, stage: Stage, exc: Exception) -> None:
+        report = self.reports[host]
+        if isinstance(exc, Interrupted):
+            report.stopped_at = report.stopped_at or f"{stage.name}: {exc}"
+        elif isinstance(exc, CommandError):
+            report.failed = C.mask(f"stage {stage.name}: `{exc.command}` exited {exc.rc}\n{exc.stderr_tail}")
+        elif isinstance(exc, DeployFailed):
+            report.failed = f"stage {stage.name}: {C.mask(str(exc))}"
+        else:           # an SSH failure, a bug: still name host and stage
+            report.failed = f"stage {stage.name}: {type(exc).__name__}: {C.mask(str(exc))}"
+        self.failed = True
+
+    def _parallel(self, items: list, fn) -> None:
+        if not items:
+            return
+        with ThreadPoolExecutor(max_workers=len(items)) as pool:
+            list(pool.map(fn, items))
+
+    # Applying steps -------------------------------------------------------------------------
+    def apply(self, s: Session, steps: list[Step], stage: str) -> bool:
+        """Apply (or, in dry-run, print) steps in order. True when a Replan was reached."""
+        report = self.reports[s.name]
+        for step in steps:
+            if self.interrupt.is_set():
+                raise Interrupted(f"stopped before: {getattr(step, 'what', getattr(step, 'why', ''))}")
+            if isinstance(step, Replan):
+                if self.dry_run:
+                    self.say(f"  {s.name}: then read the host again and plan the rest ({step.why})")
+                    return False
+                return True
+            if isinstance(step, Change):
+                report.changed.append(f"{stage}: {step.what}")
+                self._dirty = True
+                self._changes += 1
+                if self.dry_run:
+                    self._print_dry(s, step)
+                else:
+                    self._change(s, step)
+            elif isinstance(step, Await):
+                if self.dry_run:
+                    self.say(f"  {s.name}: would wait until {step.what}")
+                else:
+                    self._await(s, step, stage)
+        return False
+
+    def _change(self, s: Session, step: Change) -> None:
+        long = step.slow or step.upload is not None or step.file is not None and len(step.file.content) > 1 << 20
+        with self.progress.step(s.name, step.what, announce=long):
+            commands = list(step.commands)
+            if step.file is not None:
+                f = step.file
+                staged = s.upload(f.content)
+                commands.insert(0, C.install_file(staged, f.path, f.owner, f.group, f.mode))
+            if step.upload is not None:
+                staged = s.upload(step.upload.read_bytes())
+                commands = [C.Cmd(tuple(staged if a == STAGED else a for a in c.argv), c.sudo, c.stdin, c.env)
+                            for c in commands]
+            for c in commands:
+                s.run(c)
+
+    def _await(self, s: Session, step: Await, stage: str) -> None:
+        deadline = time.monotonic() + step.timeout
+        last: Any = None
+        with self.progress.step(s.name, f"waiting until {step.what}"):
+            while True:
+                if self.interrupt.is_set():
+                    raise Interrupted(f"stopped while waiting until {step.what}")
+                last = s.gather([step.fact])[step.fact.key]
+                if step.until(last):
+                    return
+                reason = step.give_up(last) if step.give_up else None
+                if reason or time.monotonic() > deadline:
                     break
-        else:
-            with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
-                list(pool.map(one, hosts))
-        if any(self.reports[h].failed for h in hosts):
-            self.failed = True
-        say(f"  ({time.monotonic() - t0:.1f}s)")
+                time.sleep(step.interval)
+        why = reason or f"not within {step.timeout:.0f}s"
+        if step.on_fail:
+            self.apply(s, list(step.on_fail), stage)
+        raise DeployFailed(f"{step.fail} ({why})")
 
-    def summary(self) -> str:
-        rows = [f"{'host':10} {'result':10} {'changes':>7}"]
-        for r in self.reports.values():
-            result = "failed" if r.failed else ("changed" if r.changed else "unchanged")
-            rows.append(f"{r.name:10} {result:10} {len(r.changed):>7}")
-        for r in self.reports.values():
-            if r.changed:
-                rows.append(f"\n{r.name} {'would change' if self.dry_run else 'changed'}:\n  " +
-                            "\n  ".join(r.changed))
-            if r.failed:
-                rows.append(f"\n{r.name} FAILED in {r.failed}")
-        return "\n".join(rows)
+    def _print_dry(self, s: Session, step: Change) -> None:
+        lines = [f"  {s.name}: would change {step.what}"]
+        if step.file is not None:
+            if step.file.secret:
+                lines.append("    (secret file: content not shown)")
+            else:
+                old = s.gather([file_content("old", step.file.path)]).get("old")
+                lines.append(_indent(unified_diff(step.file.path, old, step.file.content.decode())))
+        if step.upload is not None:
+            lines.append(f"    upload {step.upload.name} ({step.upload.stat().st_size} bytes)")
+        lines += [f"    $ {c.show()}" for c in step.commands]
+        self.say("\n".join(line for line in lines if line))
+
+
+def _indent(text: str) -> str:
+    return "\n".join("    " + line for line in text.splitlines())

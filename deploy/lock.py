@@ -1,15 +1,20 @@
 """A deploy lock on every host, so two deploys cannot interleave.
 
 mkdir is atomic, so `mkdir /run/celery-kit.lock` either takes the lock or fails because
-someone holds it; the owner file says who and since when. /run is cleared on reboot, so a
-host that crashed mid-deploy does not keep a stale lock forever; `fab unlock` breaks one.
+someone holds it; the owner file says who and since when, and carries a random token: a
+deploy releases only a lock that still holds ITS token (after `fab unlock` another deploy
+may hold it). /run is cleared on reboot, so a host that crashed mid-deploy does not keep a
+stale lock forever; `fab unlock` breaks one.
 """
 from __future__ import annotations
 
 import getpass
 import os
+import secrets
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from . import commands as C
 from .transport import Session
@@ -17,17 +22,30 @@ from .transport import Session
 LOCK_DIR = "/run/celery-kit.lock"
 
 
-def owner_line() -> str:
-    return f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()} since " \
-           f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}"
+@dataclass(frozen=True)
+class Owner:
+    token: str
+    who: str
+
+    @classmethod
+    def me(cls) -> "Owner":
+        who = (f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()} since "
+               f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
+        return cls(secrets.token_hex(8), who)
 
 
-def acquire_cmd(owner: str) -> C.Cmd:
-    return C.sh(f'mkdir {LOCK_DIR} 2>/dev/null || {{ cat {LOCK_DIR}/owner; exit 75; }}; '
-                f'cat > {LOCK_DIR}/owner', stdin=owner + "\n")
+def acquire_cmd(owner: Owner) -> C.Cmd:
+    return C.sh(f'mkdir {LOCK_DIR} 2>/dev/null || {{ cat {LOCK_DIR}/owner 2>/dev/null | tail -n +2; exit 75; }}; '
+                f'cat > {LOCK_DIR}/owner', stdin=f"{owner.token}\n{owner.who}\n")
 
 
-def release_cmd() -> C.Cmd:
+def release_cmd(owner: Owner) -> C.Cmd:
+    """Remove the lock only if it is still ours."""
+    return C.sh(f'[ "$(head -n 1 {LOCK_DIR}/owner 2>/dev/null)" = "$1" ] && rm -rf {LOCK_DIR} || true',
+                owner.token)
+
+
+def break_cmd() -> C.Cmd:
     return C.cmd("rm", "-rf", LOCK_DIR)
 
 
@@ -35,31 +53,34 @@ class Locked(RuntimeError):
     pass
 
 
-def acquire_all(sessions: list[Session], owner: str) -> None:
-    """Take the lock on every host, or on none: release what was taken if one is held."""
-    taken, held = [], []
-    for s in sessions:
+def acquire_all(sessions: list[Session], owner: Owner) -> None:
+    """Take the lock on every host (in parallel), or on none: what was taken is given back
+    if one host is held or cannot be reached."""
+    def one(s: Session) -> tuple[Session, str | None]:
         try:
-            res = s.read(acquire_cmd(owner), check=False)
-        except Exception as exc:          # SSH dropped: give back what was taken
-            held.append(f"{s.name}: could not take the lock: {type(exc).__name__}: {exc}")
-            break
+            res = s.run(acquire_cmd(owner), check=False)
+        except Exception as exc:          # SSH dropped
+            return s, f"{s.name}: could not take the lock: {type(exc).__name__}: {exc}"
         if res.rc == 0:
-            taken.append(s)
-        elif res.rc == 75:
-            held.append(f"{s.name}: locked by {res.stdout.strip()}")
-        else:
-            held.append(f"{s.name}: could not take the lock: {res.stderr.strip()}")
+            return s, None
+        if res.rc == 75:
+            return s, f"{s.name}: locked by {res.stdout.strip()}"
+        return s, f"{s.name}: could not take the lock: {res.stderr.strip()}"
+
+    with ThreadPoolExecutor(max_workers=max(1, len(sessions))) as pool:
+        results = list(pool.map(one, sessions))
+    held = [problem for _, problem in results if problem]
     if held:
-        for s in taken:
-            s.read(release_cmd(), check=False)
+        release_all([s for s, problem in results if problem is None], owner)
         raise Locked("another deploy holds the lock:\n  " + "\n  ".join(held) +
                      "\nIf it is stale (that deploy is gone), run `fab unlock`.")
 
 
-def release_all(sessions: list[Session]) -> None:
-    for s in sessions:
+def release_all(sessions: list[Session], owner: Owner) -> None:
+    def one(s: Session) -> None:
         try:
-            s.read(release_cmd(), check=False)
+            s.run(release_cmd(owner), check=False)
         except Exception:
             pass
+    with ThreadPoolExecutor(max_workers=max(1, len(sessions))) as pool:
+        list(pool.map(one, sessions))

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from . import commands as C
-from .engine import Change
+from .steps import Change
 from .files import ManagedFile, file_drift
 from .facts import FileState
 
@@ -22,7 +22,7 @@ def package_changes(wanted: list[str], installed: dict[str, str]) -> list[Change
     missing = sorted(p for p in wanted if p not in installed)
     if not missing:
         return []
-    return [Change("packages " + " ".join(missing), C.apt_install(missing))]
+    return [Change("packages " + " ".join(missing), C.apt_install(missing), slow=True)]
 
 
 def user_changes(wanted: dict[str, str], existing: set[str]) -> list[Change]:

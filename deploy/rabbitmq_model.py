@@ -1,18 +1,39 @@
-"""RabbitMQ, decided purely: config values, the HA policy, and the cluster-level plan
-(vhost, users, permissions, policy, guest) from the state read off the management API."""
+"""RabbitMQ, decided purely: queue mode, config values, policies, and the cluster-level plan
+(vhost, users, permissions, policies, guest) from the state read off the management API."""
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass
 
 from . import commands as C
-from .engine import Change
+from .steps import Change
 
 POLICY = "celery-kit-ha"
-# Mirror every queue of the app's vhost except RabbitMQ's own (amq.*) and Celery's
-# transient per-client queues (events, pidbox replies): those are auto-delete and
-# recreated by their clients; mirroring them only costs.
-POLICY_PATTERN = r"^(?!amq\.)(?!celeryev\.)(?!.*\.pidbox$).*"
-ALL_PERMS = [".*", ".*", ".*"]
+# Every queue of the app's vhost except RabbitMQ's own (amq.*) and Celery's transient
+# per-client queues (events, pidbox replies): those are auto-delete and recreated by their
+# clients; replicating them only costs.
+POLICY_PATTERN = r"^(?!amq\.)(?!celeryev\.)(?!celery_delayed_)(?!.*\.pidbox$).*"
+USERS_FILE = "/etc/celery-kit/rabbitmq-users.json"     # root 0600, read by the facts
+
+
+def queue_mode(inv, version: str | None) -> str:
+    """The inventory's choice, or when it leaves queue_mode out: quorum on RabbitMQ >= 4
+    (classic mirroring no longer exists there), mirrored on 3.x."""
+    return inv.rabbitmq.effective_queue_mode(version)
+
+
+def version_problem(inv, version: str | None) -> str | None:
+    """Classic mirroring was removed in RabbitMQ 4.0."""
+    return inv.rabbitmq.queue_mode_problem(version, inv.path)
+
+
+def version_major(version: str | None) -> int | None:
+    """3 from "3.10.8-1.1+deb12u2", 4 from "4.0.5-6+deb13u2"; None when unknown."""
+    if not version:
+        return None
+    major = version.split(":")[-1].split(".")[0]
+    return int(major) if major.isdigit() else None
 
 
 def consumer_timeout_ms(inv) -> int:
@@ -21,25 +42,6 @@ def consumer_timeout_ms(inv) -> int:
     if inv.rabbitmq.consumer_timeout:
         return inv.rabbitmq.consumer_timeout * 1000
     return max(1800, 2 * inv.celery.time_limit + 60) * 1000
-
-
-def policy_definition(inv, n_nodes: int) -> dict | None:
-    r = inv.rabbitmq
-    if r.queue_mode != "mirrored":
-        return None
-    if r.mirrors == "all":
-        return {"ha-mode": "all", "ha-sync-mode": r.ha_sync_mode}
-    return {"ha-mode": "exactly", "ha-params": r.mirror_count(n_nodes), "ha-sync-mode": r.ha_sync_mode}
-
-
-def version_problem(inv, version: str | None) -> str | None:
-    """Classic mirroring was removed in RabbitMQ 4.0."""
-    if version and inv.rabbitmq.queue_mode == "mirrored":
-        major = version.split(":")[-1].split(".")[0]
-        if major.isdigit() and int(major) >= 4:
-            return (f"RabbitMQ {version} has no classic mirrored queues (removed in 4.0); "
-                    "set rabbitmq.queue_mode: quorum in the inventory")
-    return None
 
 
 def size_warning(n_nodes: int) -> str | None:
@@ -51,51 +53,110 @@ def size_warning(n_nodes: int) -> str | None:
     return None
 
 
+def policy_definition(inv, mode: str, n_nodes: int) -> dict:
+    """The one policy on the app's queues. Mirrored: copies on `mirrors` nodes, synchronised
+    automatically, and a mirror is promoted only when it is in sync (an unsynchronised one
+    would drop the messages it never received). Quorum: a delivery limit with a dead-letter
+    queue, so a task that kills its worker every time stops being redelivered."""
+    r = inv.rabbitmq
+    if mode == "mirrored":
+        ha = ({"ha-mode": "all"} if r.mirrors == "all" else
+              {"ha-mode": "exactly", "ha-params": r.mirror_count(n_nodes)})
+        return {**ha, "ha-sync-mode": r.ha_sync_mode, "ha-promote-on-failure": "when-synced",
+                "ha-promote-on-shutdown": "when-synced"}
+    # RabbitMQ dead-letters a message when its delivery count EXCEEDS the limit, so a message
+    # is delivered limit + 1 times: delivery_limit in the inventory counts deliveries.
+    return {"delivery-limit": r.delivery_limit - 1, "dead-letter-exchange": "",
+            "dead-letter-routing-key": r.dead_letter_queue,
+            "dead-letter-strategy": "at-least-once", "overflow": "reject-publish"}
+
+
 def ctl(*args: str, stdin: str | None = None) -> C.Cmd:
     return C.cmd("rabbitmqctl", *args, stdin=stdin)
 
 
-def cluster_plan(inv, state: dict, admin_pw: str, app_pw: str, n_nodes: int) -> list[Change]:
+@dataclass(frozen=True)
+class Login:
+    name: str
+    password: str
+    tags: tuple[str, ...]
+    perms: tuple[str, str, str] | None    # configure, write, read on the app vhost; None: none
+
+
+ALL_PERMS = (".*", ".*", ".*")
+NO_PERMS = ("^$", "^$", "^$")
+
+
+def logins(inv, secret, mode: str = "mirrored") -> list[Login]:
+    """Who logs in to RabbitMQ, with the least each needs. The app user (workers, producers,
+    Flower's event consumer) works in the app vhost. The administrator manages (management
+    UI, the kit's reads) but has no rights in the app vhost and may log in from localhost
+    only. Flower reads queue lengths through the management API as a monitoring user."""
+    r = inv.rabbitmq
+    # With quorum queues the kit declares the dead-letter queue as the admin: configure
+    # rights on that one queue, nothing else.
+    admin_perms = (f"^{re.escape(r.dead_letter_queue)}$", "^$", "^$") if mode == "quorum" else None
+    return [Login(r.admin_user, secret("rabbitmq_admin_password"), ("administrator",), admin_perms),
+            Login(r.app_user, secret("rabbitmq_app_password"), (), ALL_PERMS),
+            Login(monitoring_user(inv), secret("rabbitmq_monitoring_password"), ("monitoring",), NO_PERMS)]
+
+
+def monitoring_user(inv) -> str:
+    """Flower's read-only login to the management API (a name the kit owns)."""
+    return "celery-kit-monitor"
+
+
+def users_file(inv, secret) -> str:
+    """The logins the kit's facts read on a node (root only): JSON."""
+    r = inv.rabbitmq
+    doc = {"admin": {"user": r.admin_user, "password": secret("rabbitmq_admin_password")},
+           "app": {"user": r.app_user, "password": secret("rabbitmq_app_password")},
+           "monitoring": {"user": monitoring_user(inv), "password": secret("rabbitmq_monitoring_password")}}
+    return json.dumps(doc, indent=1, sort_keys=True) + "\n"
+
+
+def cluster_plan(inv, state: dict, users: list[Login], mode: str, n_nodes: int) -> list[Change]:
     """state: the JSON of hostscripts/rabbitmq_state.py, or {"ok": False} when the API
     could not be read (first deploy): then every step is planned; each is idempotent."""
     r = inv.rabbitmq
     known = state.get("ok", False)
-    users = state.get("users", {}) if known else {}
+    present = state.get("users", {}) if known else {}
+    perms = state.get("permissions", {}) if known else {}
     plan: list[Change] = []
     if not known or r.vhost not in state.get("vhosts", []):
         plan.append(Change(f"vhost {r.vhost}", [ctl("add_vhost", r.vhost)]))
-    for name, pw, tags in ((r.admin_user, admin_pw, ["administrator"]), (r.app_user, app_pw, [])):
-        u = users.get(name)
+    for login in users:
+        u = present.get(login.name)
         if u is None:
             # add_user fails if the user exists; change_password then sets it. The password
             # comes on stdin and goes on through printf, a shell builtin: never in argv.
-            plan.append(Change(f"user {name}", [C.sh(
+            plan.append(Change(f"user {login.name}", [C.sh(
                 'pw=$(cat); printf "%s\\n" "$pw" | rabbitmqctl add_user "$1" || '
-                'printf "%s\\n" "$pw" | rabbitmqctl change_password "$1"', name, stdin=pw + "\n")]))
+                'printf "%s\\n" "$pw" | rabbitmqctl change_password "$1"', login.name,
+                stdin=login.password + "\n")]))
         elif u.get("password_ok") is False:
-            plan.append(Change(f"password of {name}", [ctl("change_password", name, stdin=pw + "\n")]))
-        if u is None or sorted(u.get("tags", [])) != tags:
-            plan.append(Change(f"tags of {name}", [ctl("set_user_tags", name, *tags)]))
-        if not known or state.get("permissions", {}).get(name) != ALL_PERMS:
-            plan.append(Change(f"permissions of {name} on {r.vhost}",
-                               [ctl("set_permissions", "-p", r.vhost, name, *ALL_PERMS)]))
-    if not known or "guest" in users:
+            plan.append(Change(f"password of {login.name}",
+                               [ctl("change_password", login.name, stdin=login.password + "\n")]))
+        if u is None or tuple(sorted(u.get("tags", []))) != login.tags:
+            plan.append(Change(f"tags of {login.name}", [ctl("set_user_tags", login.name, *login.tags)]))
+        have = perms.get(login.name)
+        if login.perms is not None and (not known or tuple(have or ()) != login.perms):
+            plan.append(Change(f"permissions of {login.name} on {r.vhost}",
+                               [ctl("set_permissions", "-p", r.vhost, login.name, *login.perms)]))
+        if login.perms is None and (not known or have is not None):
+            plan.append(Change(f"no permissions for {login.name} on {r.vhost}",
+                               [C.sh('rabbitmqctl clear_permissions -p "$1" "$2" || true', r.vhost, login.name)]))
+    if not known or "guest" in present:
         plan.append(Change("remove user guest", [C.sh("rabbitmqctl delete_user guest || true")]))
-    plan += policy_plan(inv, state.get("policies", {}) if known else None, n_nodes)
+    plan += policy_plan(inv, state.get("policies", {}) if known else None, mode, n_nodes)
     return plan
 
 
-def policy_plan(inv, policies: dict | None, n_nodes: int) -> list[Change]:
+def policy_plan(inv, policies: dict | None, mode: str, n_nodes: int) -> list[Change]:
     r = inv.rabbitmq
-    want = policy_definition(inv, n_nodes)
-    have = (policies or {}).get(POLICY)
-    if want is None:
-        if policies is None or have is not None:
-            return [Change(f"remove policy {POLICY} (quorum mode)",
-                           [C.sh(f'rabbitmqctl clear_policy -p "$1" {POLICY} || true', r.vhost)])]
-        return []
+    want = policy_definition(inv, mode, n_nodes)
     wanted = {"pattern": POLICY_PATTERN, "apply-to": "queues", "definition": want, "priority": 0}
-    if have == wanted:
+    if (policies or {}).get(POLICY) == wanted:
         return []
     return [Change(f"policy {POLICY} {json.dumps(want, sort_keys=True)}",
                    [ctl("set_policy", "-p", r.vhost, "--priority", "0", "--apply-to", "queues",

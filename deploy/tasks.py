@@ -6,20 +6,22 @@ import subprocess
 import sys
 from pathlib import Path
 
-from invoke import Collection, task
+import paramiko
+from invoke import Collection
 from invoke.exceptions import Exit
 
-import paramiko
-
-from . import lock, operate, runner
+from . import hostkeys, lock, operate, runner, status as health
+from .cli import kit_task, number, options
 from .commands import mask
-from .transport import CommandError
-from .engine import DeployFailed
+from .errors import DeployFailed
+from .secrets import SecretError
 from .inventory import InventoryError, load_inventory
+from .transport import CommandError
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_INVENTORY = os.environ.get("CELERYKIT_INVENTORY", "inventory.yaml")
 INV = {"inventory": "inventory file (default inventory.yaml or $CELERYKIT_INVENTORY)"}
+DRY = {"dry_run": "only read the hosts and print what would change (with diffs)"}
 
 
 def load(path: str):
@@ -33,68 +35,72 @@ def guarded(fn):
     """Known failures end with their message and exit 1, not a traceback."""
     try:
         result = fn()
-    except (runner.Unreachable, lock.Locked, DeployFailed, CommandError, KeyError,
-            PermissionError, paramiko.SSHException, OSError) as exc:
-        raise Exit(f"error: {mask(str(exc))}", code=1)
-    if getattr(result, "failed", False):     # an Engine whose stages failed
+    except (runner.Unreachable, lock.Locked, DeployFailed, CommandError, KeyError, SecretError,
+            PermissionError, ValueError, paramiko.SSHException, OSError) as exc:
+        raise Exit(f"error: {mask(str(exc).strip(chr(39)))}", code=1)
+    if getattr(result, "failed", False):     # an Engine whose stages failed or were stopped
         raise Exit("failed (see above)", code=1)
     return result
 
 
-@task(help={**INV, "dry_run": "only read the hosts and print what would change (with diffs)"})
+@kit_task(help={**INV, **DRY})
 def deploy(c, dry_run=False, inventory=DEFAULT_INVENTORY):
     """Provision the whole cluster from the inventory (idempotent)."""
     inv = load(inventory)
-    guarded(lambda: runner.deploy(inv, dry_run=dry_run))
+    guarded(lambda: operate.deploy(inv, options(c, dry_run)))
 
 
-@task(name="scale-workers", help={**INV, "instances": "worker instances per host",
-                                  "concurrency": "processes per instance",
-                                  "host": "one worker host (default: all worker hosts)"})
-def scale_workers(c, instances=None, concurrency=None, host=None, inventory=DEFAULT_INVENTORY):
+@kit_task(name="scale-workers", help={**INV, **DRY, "instances": "worker instances per host (0-64)",
+                                      "concurrency": "processes per instance (1-256)",
+                                      "host": "one worker host (default: all worker hosts; or fab -H)"})
+def scale_workers(c, instances=None, concurrency=None, host=None, dry_run=False, inventory=DEFAULT_INVENTORY):
     """Set the number of worker instances (and concurrency); kept by later deploys."""
-    if instances is None and concurrency is None:
+    n = number(instances, "--instances", 0, 64)
+    k = number(concurrency, "--concurrency", 1, 256)
+    if n is None and k is None:
         raise Exit("scale-workers: give --instances and/or --concurrency", code=2)
     inv = load(inventory)
-    n = None if instances is None else int(instances)
-    k = None if concurrency is None else int(concurrency)
-    if (n is not None and not 0 <= n <= 64) or (k is not None and not 1 <= k <= 256):
-        raise Exit("scale-workers: instances must be 0..64 and concurrency 1..256", code=2)
-    guarded(lambda: operate.scale_workers(inv, n, k, host))
+    opts = options(c, dry_run)
+    hosts = [host] if host else list(opts.hosts or []) or [None]
+    for h in hosts:
+        guarded(lambda: operate.scale_workers(inv, n, k, h, opts))
 
 
-@task(help=INV)
-def rollback(c, inventory=DEFAULT_INVENTORY):
+@kit_task(help={**INV, **DRY})
+def rollback(c, dry_run=False, inventory=DEFAULT_INVENTORY):
     """Switch every app host back to its previous release and restart its services."""
     inv = load(inventory)
-    guarded(lambda: operate.rollback(inv))
+    guarded(lambda: operate.rollback(inv, options(c, dry_run)))
 
 
-@task(name="client-env", help=INV)
+@kit_task(name="client-env", help=INV)
 def client_env(c, inventory=DEFAULT_INVENTORY):
-    """Write the Celery settings for producers on this machine (.state/celery.env, 0600)."""
-    path = guarded(lambda: operate.client_env(load(inventory)))
-    print(f"wrote {path}\nuse: set -a; . {path}; set +a; python -c 'from app.tasks import add; "
-          f"print(add.delay(4, 4).get(timeout=10))'")
-
-
-@task(help=INV)
-def status(c, inventory=DEFAULT_INVENTORY):
-    """Hosts, roles, running release and workers answering ping."""
+    """Write producer settings: .state/client/celery.env (0600) and celery_kit_config.py."""
     inv = load(inventory)
-    print(guarded(lambda: operate.status(inv)))
+    path = guarded(lambda: operate.client_env(inv, opts=options(c)))
+    print(f"wrote {path} and {path.parent / 'celery_kit_config.py'}\n"
+          f"use: set -a; . {path}; set +a")
+
+
+@kit_task(help={**INV, "check": "exit 1 when anything is unhealthy (for cron and monitoring)"})
+def status(c, check=False, inventory=DEFAULT_INVENTORY):
+    """Hosts, roles, releases, workers answering ping; RabbitMQ and Redis health."""
+    inv = load(inventory)
+    result = guarded(lambda: health.report(inv, options(c)))
     from .stages import flower
     print("\n" + flower.dashboard_info(inv))
+    if check and result.problems:
+        raise Exit(f"status: {len(result.problems)} problem(s)", code=1)
 
 
-@task(help=INV)
+@kit_task(help=INV)
 def flower(c, inventory=DEFAULT_INVENTORY):
     """Print the Flower dashboard URL and where its credentials are."""
     from .stages import flower as stage
     print(stage.dashboard_info(load(inventory)))
 
 
-@task(help={**INV, "pytest_args": "extra arguments for pytest"})
+@kit_task(help={**INV, "pytest_args": "extra arguments for pytest"})
 def verify(c, inventory=DEFAULT_INVENTORY, pytest_args=""):
     """Check the deployed cluster with the kit's testinfra suite (any inventory)."""
     load(inventory)
@@ -106,22 +112,52 @@ def verify(c, inventory=DEFAULT_INVENTORY, pytest_args=""):
         raise Exit("verify: some checks failed", code=rc)
 
 
-@task(help=INV)
+@kit_task(help=INV)
 def unlock(c, inventory=DEFAULT_INVENTORY):
     """Break a stale deploy lock on every host (only when no deploy is running)."""
     inv = load(inventory)
-    sessions = guarded(lambda: runner.connect_all(inv, False))
-    for s in sessions.values():
-        guarded(lambda: s.read(lock.release_cmd()))
-        print(f"{s.name}: unlocked")
-        s.close()
+    sessions = guarded(lambda: runner.connect_all(inv, options(c)))
+    try:
+        for s in sessions.values():
+            guarded(lambda: s.run(lock.break_cmd()))
+            print(f"{s.name}: unlocked")
+    finally:
+        runner.close_all(sessions)
 
 
-@task(name="restart", help=INV)
+@kit_task(name="trust-hosts", help={**INV, "replace": "host whose recorded key is replaced (a reinstalled server)"})
+def trust_hosts(c, replace=None, inventory=DEFAULT_INVENTORY):
+    """Record the SSH host keys of the inventory's hosts that are not known yet."""
+    inv = load(inventory)
+    opts = options(c)
+    if replace and replace not in inv.names():
+        raise Exit(f"--replace: no host named {replace!r} in {inv.path}", code=2)
+    guarded(lambda: hostkeys_trust(inv, opts, replace))
+
+
+def hostkeys_trust(inv, opts, replace: str | None) -> None:
+    keys = runner.known_hosts(inv)
+    for h in runner.select(inv, opts):
+        name = hostkeys.known_name(h.address, h.ssh.port)
+        before = keys.lookup(name)
+        if before and h.name != replace:
+            print(f"{h.name} {h.address}: known ({', '.join(hostkeys.fingerprint(k) for k in before.values())})")
+            continue
+        transport = paramiko.Transport((h.address, h.ssh.port))
+        try:
+            transport.start_client(timeout=opts.timeouts.connect)
+            key = transport.get_remote_server_key()
+        finally:
+            transport.close()
+        keys.record(name, key, replace=h.name == replace)
+        print(f"{h.name} {h.address}: recorded {hostkeys.fingerprint(key)} in {keys.path}")
+
+
+@kit_task(name="restart", help=INV)
 def rabbitmq_restart(c, inventory=DEFAULT_INVENTORY):
     """Rolling restart of the RabbitMQ nodes, one at a time, each drained and awaited."""
     inv = load(inventory)
-    guarded(lambda: operate.rabbitmq_restart(inv))
+    guarded(lambda: operate.rabbitmq_restart(inv, options(c)))
 
 
 rabbitmq = Collection("rabbitmq", rabbitmq_restart)

@@ -1,18 +1,21 @@
-"""Transport: run Cmds on one host over SSH (fabric.Connection), read facts, upload files.
-
-Reads always run; changes go through `apply`, which in dry-run mode records instead of
-executing. All facts of a stage travel in one SSH round trip (`gather`).
+"""Transport: run Cmds on one host over SSH (Fabric's Connection.run), read facts in one round
+trip, upload files by SFTP. It executes what it is given; deciding what to run, and dry-run,
+belong to the engine.
 """
 from __future__ import annotations
 
 import hashlib
-import select
+import io
+import secrets
 import shlex
-import time
+import threading
 from dataclasses import dataclass
+from pathlib import Path
 
-from fabric import Connection
+from fabric import Config, Connection
+from invoke.exceptions import CommandTimedOut
 
+from . import hostkeys
 from .commands import Cmd, mask
 from .facts import Fact
 
@@ -33,92 +36,93 @@ class CommandError(RuntimeError):
         super().__init__(f"{host}: `{command}` exited {rc}\n{self.stderr_tail}")
 
 
-@dataclass
-class Session:
-    host: object                 # inventory.Host
-    dry_run: bool = False
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float = 15
     # A worker restart waits for running tasks (up to the units' TimeoutStopSec), so one
-    # command may legitimately take that long; runner sets it from the inventory.
-    command_timeout: float = 3600
-    round_trips: int = 0
-    _conn: Connection | None = None
-    _home: str | None = None
+    # command may legitimately take that long; the runner raises it from the inventory.
+    command: float = 3600
+
+
+class Session:
+    """One SSH connection to one inventory host, opened on first use and reused."""
+
+    def __init__(self, host, known_hosts: hostkeys.KnownHosts, timeouts: Timeouts = Timeouts(),
+                 key_override: Path | None = None):
+        self.host = host
+        self.known_hosts = known_hosts
+        self.timeouts = timeouts
+        self.key_override = key_override
+        self.round_trips = 0
+        self._conn: Connection | None = None
+        self._home: str | None = None
+        self._lock = threading.Lock()
 
     @property
     def name(self) -> str:
         return self.host.name
 
+    def where(self) -> str:
+        ssh = self.host.ssh
+        return f"{self.name} ({ssh.user}@{self.host.address}:{ssh.port})"
+
     def connection(self) -> Connection:
-        if self._conn is None:
-            ssh = self.host.ssh
-            kwargs = {"look_for_keys": ssh.key is None, "allow_agent": ssh.key is None,
-                      "banner_timeout": 15}
-            if ssh.key is not None:
-                kwargs["key_filename"] = str(ssh.key)
-            self._conn = Connection(self.host.address, user=ssh.user, port=ssh.port,
-                                    connect_timeout=15, connect_kwargs=kwargs)
-            self._conn.open()
-        return self._conn
+        with self._lock:
+            if self._conn is None:
+                self._conn = self._open()
+            return self._conn
+
+    def _open(self) -> Connection:
+        ssh = self.host.ssh
+        key = self.key_override or ssh.key
+        kwargs = {"look_for_keys": key is None, "allow_agent": key is None, "banner_timeout": 15,
+                  "auth_timeout": 15}
+        if key is not None:
+            kwargs["key_filename"] = str(key)
+        # load_ssh_configs=False: every setting comes from the inventory, not ~/.ssh/config.
+        config = Config(overrides={"load_ssh_configs": False, "run": {"hide": True, "warn": True}})
+        conn = Connection(self.host.address, user=ssh.user, port=ssh.port, config=config,
+                          connect_timeout=int(self.timeouts.connect), connect_kwargs=kwargs)
+        self.known_hosts.prepare(conn.client, self.name, self.host.address, ssh.port)
+        try:
+            conn.open()
+        except Exception as exc:
+            raise hostkeys.explain(exc, self.name, self.host.address, self.known_hosts) from exc
+        return conn
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
     # Running ------------------------------------------------------------------------
     def exec(self, command: str, stdin: bytes | None = None, timeout: float | None = None) -> Result:
-        """One round trip. Reads stdout and stderr together so neither pipe can fill up."""
-        timeout = timeout or self.command_timeout
+        """One round trip: the command, its stdin (secrets travel here, never in argv)."""
         self.round_trips += 1
-        chan = self.connection().client.get_transport().open_session()
-        chan.exec_command(command)
-        if stdin is not None:
-            chan.sendall(stdin)
-        chan.shutdown_write()
-        out, err = bytearray(), bytearray()
-        deadline = time.monotonic() + timeout
-        while True:
-            if chan.recv_ready():
-                out += chan.recv(65536)
-            elif chan.recv_stderr_ready():
-                err += chan.recv_stderr(65536)
-            elif chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
-                break
-            else:
-                if time.monotonic() > deadline:
-                    chan.close()
-                    raise CommandError(self.name, mask(command), -1, "timed out")
-                select.select([chan], [], [], 0.5)
-        rc = chan.recv_exit_status()
-        chan.close()
-        return Result(rc, out.decode(errors="replace"), err.decode(errors="replace"))
+        in_stream = io.StringIO(stdin.decode()) if stdin is not None else False
+        try:
+            r = self.connection().run(command, in_stream=in_stream,
+                                      timeout=timeout or self.timeouts.command)
+        except CommandTimedOut as exc:
+            raise CommandError(self.name, mask(command), -1, f"timed out after {exc.timeout}s")
+        return Result(r.exited, r.stdout, r.stderr)
 
-    def read(self, c: Cmd, check: bool = True) -> Result:
-        res = self.exec(c.shell(), c.stdin)
+    def run(self, c: Cmd, check: bool = True, timeout: float | None = None) -> Result:
+        res = self.exec(c.shell(), c.stdin, timeout)
         if check and res.rc != 0:
             raise CommandError(self.name, c.show(), res.rc, res.stderr or res.stdout)
         return res
 
-    def apply(self, c: Cmd, check: bool = True) -> Result | None:
-        """A change. Not executed in dry-run."""
-        if self.dry_run:
-            return None
-        return self.read(c, check)
-
-    def gather(self, facts: list[Fact], sudo: bool = True) -> dict:
-        """Run every fact's command in one round trip and parse each output separately."""
+    def gather(self, facts: list[Fact]) -> dict:
+        """Run every fact's command (as root) in one round trip; parse each output apart."""
         if not facts:
             return {}
-        marker = "@@ck-" + hashlib.sha1(str(time.time_ns()).encode()).hexdigest()[:10]
-        parts = []
-        for f in facts:
-            parts.append(f"echo {marker}; {shlex.join(f.argv)} 2>/dev/null; echo \"{marker}-rc $?\"")
-        script = "\n".join(parts)
-        words = ["sh", "-c", script]
-        if sudo:
-            words = ["sudo", "-n", "-H"] + words
-        res = self.exec(shlex.join(words))
-        if res.rc != 0 and marker not in res.stdout:
+        marker = "@@ck-" + secrets.token_hex(5)
+        parts = [f"echo {marker}; {shlex.join(f.argv)} </dev/null 2>/dev/null; echo \"{marker}-rc $?\""
+                 for f in facts]
+        res = self.exec(shlex.join(["sudo", "-n", "-H", "sh", "-c", "\n".join(parts)]))
+        if marker not in res.stdout:
             raise CommandError(self.name, "gather facts", res.rc, res.stderr)
         sections = res.stdout.split(marker + "\n")[1:]
         values = {}
@@ -128,7 +132,7 @@ class Session:
         return values
 
     # Files ----------------------------------------------------------------------------
-    def stage(self, content: bytes) -> str:
+    def upload(self, content: bytes) -> str:
         """Upload content to a private staging dir; returns the remote path. SFTP, so the
         content (secrets included) never appears on a command line."""
         if self._home is None:
@@ -140,5 +144,6 @@ class Session:
         path = f"{self._home}/{STAGING}/{hashlib.sha256(content).hexdigest()[:16]}"
         self.round_trips += 1
         with self.connection().sftp().open(path, "wb") as f:
+            f.set_pipelined(True)
             f.write(content)
         return path

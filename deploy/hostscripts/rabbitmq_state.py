@@ -1,18 +1,11 @@
-# Runs ON a RabbitMQ host (python3 -c): reads cluster state from the local management API
-# and prints one JSON document. Credentials arrive on stdin, never in argv:
-#   line 1: admin password, line 2: app password.  argv: admin_user app_user port vhost
+# Runs ON a RabbitMQ host as root (a fact): the cluster-level objects the kit manages, read
+# from the local management API with the admin login from the kit's root-only users file,
+# printed as one JSON document. argv: users_file port vhost dead_letter_queue
 import base64, hashlib, json, sys, urllib.error, urllib.parse, urllib.request
 
-admin, app, port, vhost = sys.argv[1:5]
-admin_pw, app_pw = (sys.stdin.read().split("\n") + ["", ""])[:2]
+users_file, port, vhost, dlq = sys.argv[1:5]
 base = f"http://127.0.0.1:{port}/api"
-
-
-def get(path, user, pw):
-    req = urllib.request.Request(base + path)
-    req.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode())
-    with urllib.request.urlopen(req, timeout=5) as r:
-        return json.load(r)
+out = {"ok": False}
 
 
 def password_ok(user, pw):
@@ -23,24 +16,38 @@ def password_ok(user, pw):
     return hashlib.sha256(raw[:4] + pw.encode()).digest() == raw[4:]
 
 
-out = {"ok": False}
 try:
+    with open(users_file) as f:
+        logins = json.load(f)
+    admin = logins["admin"]
+    token = base64.b64encode(f"{admin['user']}:{admin['password']}".encode()).decode()
+
+    def get(path):
+        req = urllib.request.Request(base + path)
+        req.add_header("Authorization", "Basic " + token)
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return json.load(r)
+
     vq = urllib.parse.quote(vhost, safe="")
-    out["nodes"] = [{"name": n["name"], "running": n.get("running", False)}
-                    for n in get("/nodes", admin, admin_pw)]
-    known = {admin: admin_pw, app: app_pw}
-    out["users"] = {u["name"]: {"tags": u.get("tags", []),
+    known = {v["user"]: v["password"] for v in logins.values()}
+    out["users"] = {u["name"]: {"tags": sorted(t for t in (u.get("tags") or []) if t),
                                 "password_ok": password_ok(u, known.get(u["name"]))}
-                    for u in get("/users", admin, admin_pw)}
-    out["vhosts"] = [v["name"] for v in get("/vhosts", admin, admin_pw)]
+                    for u in get("/users")}
+    out["vhosts"] = [v["name"] for v in get("/vhosts")]
+    present = vhost in out["vhosts"]
     out["permissions"] = {p["user"]: [p["configure"], p["write"], p["read"]]
-                          for p in get(f"/vhosts/{vq}/permissions", admin, admin_pw)} \
-        if vhost in out["vhosts"] else {}
+                          for p in get(f"/vhosts/{vq}/permissions")} if present else {}
     out["policies"] = {p["name"]: {"pattern": p["pattern"], "apply-to": p["apply-to"],
                                    "definition": p["definition"], "priority": p["priority"]}
-                       for p in get(f"/policies/{vq}", admin, admin_pw)} \
-        if vhost in out["vhosts"] else {}
+                       for p in get(f"/policies/{vq}")} if present else {}
+    out["dlq"] = False
+    if present:
+        try:
+            out["dlq"] = get(f"/queues/{vq}/{urllib.parse.quote(dlq, safe='')}").get("type")
+        except urllib.error.HTTPError as exc:
+            if exc.code != 404:
+                raise
     out["ok"] = True
-except Exception as exc:   # API down, plugin off, admin not created yet: caller falls back
+except Exception as exc:   # API down, plugin off, admin not created yet: every step is planned
     out["error"] = f"{type(exc).__name__}: {exc}"
 print(json.dumps(out))

@@ -7,10 +7,11 @@ import socket
 
 from .. import commands as C
 from .. import facts as F
-from ..context import Ctx
-from ..engine import Change, DeployFailed, Engine, apply_plan
+from ..errors import DeployFailed
 from ..files import managed
 from ..ops import file_changes, package_changes, user_changes
+from ..stage import Stage, StageEnv
+from ..steps import Change, Plan
 
 PROXY_CONF = "/etc/apt/apt.conf.d/80celery-kit-proxy"
 BEGIN = "# BEGIN celery-kit: inventory hosts (managed, edits here are overwritten)"
@@ -71,25 +72,31 @@ def proxy_conf(url: str) -> str:
     return f'Acquire::http::Proxy "{url}";\n'
 
 
-def run(ctx: Ctx, engine: Engine) -> None:
-    inv = ctx.inv
-    addresses = {h.address: ip_of(h.address) for h in inv.hosts}    # resolved once
+class Base(Stage):
+    """Every host: names, apt proxy, packages (one apt transaction), service users."""
+    name = "base"
 
-    def one(s, report):
-        host = s.host
-        pkgs, users = packages_for(host), users_for(host)
-        facts = s.gather([F.files([PROXY_CONF]), F.packages(pkgs), F.users(list(users) or ["root"]),
-                          F.file_content("hosts", "/etc/hosts")])
-        plan: list[Change] = []
-        wanted_hosts = hosts_file(facts["hosts"] or "", inv, addresses.__getitem__)
+    def hosts(self, inv) -> list:
+        return list(inv.hosts)
+
+    def facts(self, ctx, host) -> list:
+        return [F.files([PROXY_CONF]), F.packages(packages_for(host)),
+                F.users(list(users_for(host)) or ["root"]), F.file_content("hosts", "/etc/hosts")]
+
+    def prepare(self, ctx, facts: dict) -> dict[str, str]:
+        # Resolved once, on the control machine: an /etc/hosts line needs an address.
+        return {h.address: ip_of(h.address) for h in ctx.inv.hosts}
+
+    def plan(self, ctx, host, facts: dict, env: StageEnv) -> Plan:
+        inv = ctx.inv
+        steps: list[Change] = []
+        wanted_hosts = hosts_file(facts["hosts"] or "", inv, env.prepared.__getitem__)
         if wanted_hosts != facts["hosts"]:
-            plan.append(Change("file /etc/hosts", file=managed("/etc/hosts", wanted_hosts)))
+            steps.append(Change("file /etc/hosts", file=managed("/etc/hosts", wanted_hosts)))
         if inv.apt.proxy:
-            plan += file_changes([managed(PROXY_CONF, proxy_conf(inv.apt.proxy))], facts["files"])
+            steps += file_changes([managed(PROXY_CONF, proxy_conf(inv.apt.proxy))], facts["files"])
         elif PROXY_CONF in facts["files"]:
-            plan.append(Change(f"remove {PROXY_CONF}", [C.cmd("rm", "-f", PROXY_CONF)]))
-        plan += package_changes(pkgs, facts["packages"])
-        plan += user_changes(users, facts["users"])
-        apply_plan(s, plan, report, "base")
-
-    engine.stage("base", [h.name for h in inv.hosts], one)
+            steps.append(Change(f"remove {PROXY_CONF}", [C.cmd("rm", "-f", PROXY_CONF)]))
+        steps += package_changes(packages_for(host), facts["packages"])
+        steps += user_changes(users_for(host), facts["users"])
+        return Plan(steps)

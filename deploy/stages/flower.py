@@ -26,15 +26,17 @@ import ipaddress
 from urllib.parse import quote
 
 from .. import commands as C
-from ..htpasswd import htpasswd_line
 from .. import facts as F
-from ..celery_env import celery_env, env_file, url_host
-from ..context import Ctx
-from ..engine import Change, DeployFailed, Engine, apply_plan
+from .. import rabbitmq_model as M
+from ..celery_env import broker_start, celery_env, env_file, url_host
+from ..errors import DeployFailed
 from ..files import ManagedFile, from_template, managed, render
+from ..htpasswd import htpasswd_line
 from ..ops import file_changes, reload_if_units_changed, service_changes
+from ..stage import Stage, StageEnv
+from ..steps import Await, Change, Plan
 from .release import BASE
-from .workers import FLOWER_RESTART_PENDING
+from .workers import FLOWER_RESTART_PENDING, queue_mode
 
 UNIT = "flower.service"
 UNIT_FILE = f"/etc/systemd/system/{UNIT}"
@@ -60,7 +62,7 @@ def password_secret(user: str) -> str:
     return f"flower_{user}_password"
 
 
-def htpasswd_file(ctx: Ctx) -> str:
+def htpasswd_file(ctx) -> str:
     # A separate salt key: a salt keyed with the password alone would let anyone holding the
     # file test password guesses with one HMAC instead of 5000 SHA-512 rounds.
     key = ctx.secret(SALT_KEY_SECRET).reveal()
@@ -71,20 +73,22 @@ def htpasswd_file(ctx: Ctx) -> str:
 
 # Flower ----------------------------------------------------------------------------------
 
-def broker_api_url(inv, host, admin_password: str) -> str:
-    """RabbitMQ's management API, for queue lengths. The flower host's own node when it runs
-    RabbitMQ, else the first RabbitMQ host (the flower host need not run RabbitMQ)."""
+def broker_api_url(inv, host, password: str) -> str:
+    """RabbitMQ's management API, for queue lengths, as the read-only monitoring user: the
+    flower host's own node over loopback when it runs RabbitMQ (nothing crosses the network),
+    else the first RabbitMQ host."""
     nodes = inv.with_role("rabbitmq")
-    node = host if host.has("rabbitmq") else nodes[0]
-    r = inv.rabbitmq
-    return (f"http://{quote(r.admin_user, safe='')}:{quote(admin_password, safe='')}@"
-            f"{url_host(node.address)}:{r.management_port}/api/")
+    address = "127.0.0.1" if host.has("rabbitmq") else url_host(nodes[0].address)
+    user = M.monitoring_user(inv)
+    return (f"http://{quote(user, safe='')}:{quote(password, safe='')}@"
+            f"{address}:{inv.rabbitmq.management_port}/api/")
 
 
-def flower_env(ctx: Ctx, host) -> dict[str, str]:
+def flower_env(ctx, host, mode: str = "mirrored") -> dict[str, str]:
     """The secret part of Flower's settings, as environment variables."""
     inv = ctx.inv
-    env = celery_env(inv, ctx.secret("rabbitmq_app_password").reveal(), ctx.secret("redis_password").reveal())
+    env = celery_env(inv, ctx.secret("rabbitmq_app_password").reveal(), ctx.secret("redis_password").reveal(),
+                     mode, broker_start(inv, host))
     logins = []
     for user in inv.flower.users:
         pw = ctx.secret(password_secret(user)).reveal()
@@ -92,14 +96,14 @@ def flower_env(ctx: Ctx, host) -> dict[str, str]:
         if any(ch in pw for ch in ",'\n\\"):
             raise DeployFailed(f"{password_secret(user)} must not contain , ' \\ or a line break")
         logins.append(f"{user}:{pw}")
-    env["FLOWER_BROKER_API"] = broker_api_url(inv, host, ctx.secret("rabbitmq_admin_password").reveal())
+    env["FLOWER_BROKER_API"] = broker_api_url(inv, host, ctx.secret("rabbitmq_monitoring_password").reveal())
     env["FLOWER_BASIC_AUTH"] = ",".join(logins)
     return env
 
 
-def wanted_flower_files(ctx: Ctx, host) -> list[ManagedFile]:
+def wanted_flower_files(ctx, host, mode: str = "mirrored") -> list[ManagedFile]:
     inv = ctx.inv
-    text = env_file(flower_env(ctx, host), group="flower")
+    text = env_file(flower_env(ctx, host, mode), "Managed by celery-kit. Contains secrets: mode 0640, root:flower.")
     unit = {"app": inv.celery.app, "host": host, "env_file": ENV, "state_dir": STATE_DIR,
             "release_dir": BASE, "port": inv.flower.port, "prefix": inv.flower.url_prefix,
             "db": DB, "state_save_interval_ms": STATE_SAVE_INTERVAL_MS}
@@ -119,10 +123,16 @@ def site_config(inv, host) -> str:
         "host": host, "port": f.port, "prefix": f.url_prefix, "http_port": f.http_port,
         "https_port": f.https_port, "https_port_suffix": _port_suffix(f.https_port),
         "tls_cert": TLS_CERT, "tls_key": TLS_KEY, "htpasswd": HTPASSWD,
-        "hsts": f.tls_cert is not None})
+        "hsts": f.tls_cert is not None, "server_name": server_name(inv, host)})
 
 
-def wanted_nginx_files(ctx: Ctx, host) -> list[ManagedFile]:
+def server_name(inv, host) -> str:
+    """The name users type (flower.server_name), else the flower host's address: plain HTTP
+    redirects there, never to whatever Host header a client sent."""
+    return inv.flower.server_name or host.address
+
+
+def wanted_nginx_files(ctx, host) -> list[ManagedFile]:
     inv, f = ctx.inv, ctx.inv.flower
     files = [managed(SITE, site_config(inv, host)),
              managed(HTPASSWD, htpasswd_file(ctx), owner="root", group="www-data", mode=0o640,
@@ -135,8 +145,8 @@ def wanted_nginx_files(ctx: Ctx, host) -> list[ManagedFile]:
     return files
 
 
-def wanted_files(ctx: Ctx, host) -> list[ManagedFile]:
-    return wanted_flower_files(ctx, host) + wanted_nginx_files(ctx, host)
+def wanted_files(ctx, host, mode: str = "mirrored") -> list[ManagedFile]:
+    return wanted_flower_files(ctx, host, mode) + wanted_nginx_files(ctx, host)
 
 
 def subject_alt_name(host) -> str:
@@ -181,7 +191,7 @@ def nginx_ok_fact() -> F.Fact:
     return F.exit_ok("nginx_ok", "nginx", "-t", "-q")
 
 
-def nginx_plan(ctx: Ctx, host, files: list[ManagedFile], facts: dict) -> list[Change]:
+def nginx_plan(ctx, host, files: list[ManagedFile], facts: dict) -> list[Change]:
     """Pure: certificate, site files, then `nginx -t` and a reload (or a start).
 
     A config nginx rejects fails the deploy at `nginx -t` with nginx's message; the running
@@ -204,57 +214,52 @@ def nginx_plan(ctx: Ctx, host, files: list[ManagedFile], facts: dict) -> list[Ch
     return plan
 
 
-def flower_plan(ctx: Ctx, host, files: list[ManagedFile], facts: dict) -> list[Change]:
+def flower_plan(ctx, host, files: list[ManagedFile], facts: dict) -> list:
     """Pure: env file and unit, daemon-reload, and flower.service enabled and running;
     restarted when its files changed or its host's release was switched (a marker file the
-    workers stage leaves, so a deploy that failed in between still restarts it next time)."""
+    workers stage leaves, so a deploy that failed in between still restarts it next time),
+    then awaited until its health check answers."""
     plan = file_changes(files, facts["files"])
     plan += reload_if_units_changed(plan)
     restart = bool(plan) or facts.get("release_switched", False)
     service = service_changes(UNIT, facts["units"].get(UNIT), restart=restart)
     if any(c.commands[0].argv[1] in ("start", "restart") for c in service):
-        service.append(Change("wait until Flower answers", [wait_ready_cmd(ctx.inv)] +
-                              ([C.cmd("rm", "-f", FLOWER_RESTART_PENDING)]
-                               if facts.get("release_switched") else [])))
+        service.append(Await("Flower answers on its health check", healthcheck_fact(ctx.inv),
+                             bool, 90, "Flower did not answer on 127.0.0.1 after its (re)start; see "
+                             f"`journalctl -u {UNIT}` on {host.name}", interval=0.2))
+        if facts.get("release_switched"):
+            service.append(Change("Flower restarted onto the new release: clear the marker",
+                                  [C.cmd("rm", "-f", FLOWER_RESTART_PENDING)]))
     return plan + service
 
 
-# Readiness: Flower's /healthcheck (exempt from its own auth) on localhost, polled on the
-# host, so the deploy ends only when the dashboard can actually be served.
-_WAIT_HTTP = """import sys, time, urllib.request
-url, deadline = sys.argv[1], time.monotonic() + float(sys.argv[2])
-while True:
-    try:
-        urllib.request.urlopen(url, timeout=2).read()
-        break
-    except Exception as exc:
-        if time.monotonic() > deadline:
-            sys.exit(f"not ready: {url}: {exc}")
-        time.sleep(0.2)
-"""
+# Flower's /healthcheck (exempt from its own auth) on localhost, from the host itself.
+_HEALTH = ("import sys, urllib.request\ntry:\n    urllib.request.urlopen(sys.argv[1], timeout=2).read()\n"
+           "except Exception:\n    sys.exit(1)\n")
 
 
-def wait_ready_cmd(inv) -> C.Cmd:
+def healthcheck_fact(inv) -> F.Fact:
     prefix = f"/{inv.flower.url_prefix}" if inv.flower.url_prefix else ""
-    return C.cmd("python3", "-c", _WAIT_HTTP, f"http://127.0.0.1:{inv.flower.port}{prefix}/healthcheck",
-                 "90", sudo=False)
+    return F.exit_ok("flower_health", "python3", "-c", _HEALTH,
+                     f"http://127.0.0.1:{inv.flower.port}{prefix}/healthcheck")
 
 
-def run(ctx: Ctx, engine: Engine) -> None:
-    hosts = ctx.inv.with_role("flower")
-    if not hosts:
-        return
+class Flower(Stage):
+    name = "flower"
 
-    def one(s, report):
-        host = s.host
-        fl_files, ng_files = wanted_flower_files(ctx, host), wanted_nginx_files(ctx, host)
-        facts = s.gather([F.files([f.path for f in fl_files + ng_files]), F.units([UNIT, NGINX]),
-                          cert_fact(), default_site_fact(), nginx_ok_fact(),
-                          F.exit_ok("release_switched", "test", "-e", FLOWER_RESTART_PENDING)])
-        plan = flower_plan(ctx, host, fl_files, facts) + nginx_plan(ctx, host, ng_files, facts)
-        apply_plan(s, plan, report, "flower")
+    def hosts(self, inv) -> list:
+        return list(inv.with_role("flower"))
 
-    engine.stage("flower", [h.name for h in hosts], one)
+    def facts(self, ctx, host) -> list:
+        paths = [f.path for f in wanted_files(ctx, host)]
+        return [F.files(paths), F.units([UNIT, NGINX]), cert_fact(), default_site_fact(), nginx_ok_fact(),
+                F.exit_ok("release_switched", "test", "-e", FLOWER_RESTART_PENDING)]
+
+    def plan(self, ctx, host, facts: dict, env: StageEnv) -> Plan:
+        mode = queue_mode(ctx, env)
+        steps = flower_plan(ctx, host, wanted_flower_files(ctx, host, mode), facts)
+        steps += nginx_plan(ctx, host, wanted_nginx_files(ctx, host), facts)
+        return Plan(steps)
 
 
 # For people ------------------------------------------------------------------------------
@@ -266,7 +271,7 @@ def flower_url(inv) -> str:
         raise LookupError(f"no host has role flower in {inv.path}")
     f = inv.flower
     path = f"/{f.url_prefix}/" if f.url_prefix else "/"
-    return f"https://{url_host(hosts[0].address)}{_port_suffix(f.https_port)}{path}"
+    return f"https://{url_host(server_name(inv, hosts[0]))}{_port_suffix(f.https_port)}{path}"
 
 
 def dashboard_info(inv) -> str:

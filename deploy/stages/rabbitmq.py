@@ -1,32 +1,42 @@
-"""RabbitMQ cluster: config and cookie on every node (parallel), then nodes started or
-restarted one at a time with a readiness check and joined if needed (serial), then the
-cluster-level objects on the first node: vhost, users, permissions, HA policy."""
+"""RabbitMQ cluster, in three stages:
+
+- config (parallel): cookie, config files and the kit's users file on every node; a running
+  node whose files changed is marked for a rolling restart (a marker file, so a deploy that
+  stops before the restart still restarts it next time).
+- nodes (serial): each node enabled, started or restarted (drained first), joined to the
+  cluster if it stands alone, and seen running by the cluster before the next node.
+- objects (once, on the first node): vhost, users, permissions, policy, guest removed.
+"""
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 
 from .. import commands as C
 from .. import facts as F
 from .. import rabbitmq_model as M
-from ..context import Ctx
-from ..engine import Change, DeployFailed, Engine, apply_plan, say
+from ..errors import DeployFailed
 from ..files import from_template, managed
 from ..ops import file_changes
+from ..stage import Stage, StageEnv
+from ..steps import Await, Change, Plan, Replan
 
 UNIT = "rabbitmq-server.service"
 COOKIE = "/var/lib/rabbitmq/.erlang.cookie"
-# Written with a config change on a running node, removed after its rolling restart: a
-# deploy that fails in between leaves it, so the next deploy still restarts that node.
 RESTART_PENDING = "/var/lib/rabbitmq/.celery-kit-restart-pending"
-STATE_SCRIPT = (Path(__file__).resolve().parents[1] / "hostscripts" / "rabbitmq_state.py").read_text()
+HOSTSCRIPTS = Path(__file__).resolve().parents[1] / "hostscripts"
+VIEW_SCRIPT = (HOSTSCRIPTS / "rabbitmq_view.py").read_text()
+STATE_SCRIPT = (HOSTSCRIPTS / "rabbitmq_state.py").read_text()
+DECLARE_SCRIPT = (HOSTSCRIPTS / "rabbitmq_declare.py").read_text()
+START_TIMEOUT = 300
 
 
-def node_files(ctx: Ctx, host) -> list:
+def nodes(inv) -> list[str]:
+    return [h.name for h in inv.with_role("rabbitmq")]
+
+
+def node_files(ctx, host) -> list:
     inv = ctx.inv
-    nodes = [h.name for h in inv.with_role("rabbitmq")]
-    conf = {"nodes": nodes, "rabbitmq": inv.rabbitmq, "consumer_timeout_ms": M.consumer_timeout_ms(inv)}
+    conf = {"nodes": nodes(inv), "rabbitmq": inv.rabbitmq, "consumer_timeout_ms": M.consumer_timeout_ms(inv)}
     cookie = ctx.secret("erlang_cookie", 48).reveal()
     owner = dict(owner="rabbitmq", group="rabbitmq")
     return [
@@ -38,121 +48,198 @@ def node_files(ctx: Ctx, host) -> list:
         # The same cookie on every node is what lets them talk; root's copy is for the CLI.
         managed(COOKIE, cookie, mode=0o400, secret=True, **owner),
         managed("/root/.erlang.cookie", cookie, mode=0o400, secret=True),
+        managed(M.USERS_FILE, M.users_file(inv, lambda n: ctx.secret(n).reveal()), mode=0o600,
+                secret=True),
     ]
 
 
-def await_node() -> list[C.Cmd]:
-    return [M.ctl("await_startup", "--timeout", "300")]
+def view_fact(inv) -> F.Fact:
+    """How the node sees the cluster (hostscripts/rabbitmq_view.py): running, members,
+    partitions, alarms; None when neither the API nor rabbitmqctl answered."""
+    return F.Fact("cluster", ("python3", "-c", VIEW_SCRIPT, M.USERS_FILE, str(inv.rabbitmq.management_port)),
+                  lambda out, rc: (F.parse_json(out, rc) or {}).get("source") and F.parse_json(out, rc))
 
 
-def restart_node_cmds() -> list[C.Cmd]:
-    """One node of a running cluster: mirrors in sync first (stopping it must not lose the
+def await_node() -> C.Cmd:
+    return M.ctl("await_startup", "--timeout", str(START_TIMEOUT))
+
+
+def restart_node_cmds(mode: str) -> list[C.Cmd]:
+    """One node of a running cluster: replicas in sync first (stopping it must not lose the
     only up-to-date copy), drained (clients move to the other nodes), restarted, awaited,
-    revived. The caller then waits until the cluster shows it running again."""
-    return [C.cmd("rabbitmq-upgrade", "await_online_synchronized_mirror", "--timeout", "120"),
-            C.cmd("rabbitmq-upgrade", "drain"),
-            C.systemctl("restart", UNIT)] + await_node() + [C.cmd("rabbitmq-upgrade", "revive")]
+    revived."""
+    sync = (C.cmd("rabbitmq-upgrade", "await_online_synchronized_mirror", "--timeout", "120")
+            if mode == "mirrored" else
+            C.cmd("rabbitmq-upgrade", "await_online_quorum_plus_one", "--timeout", "120"))
+    return [sync, C.cmd("rabbitmq-upgrade", "drain"), C.systemctl("restart", UNIT), await_node(),
+            C.cmd("rabbitmq-upgrade", "revive")]
 
 
-def wait_cluster_running(s, nodes: set[str], timeout: float = 120) -> None:
-    """Readiness of the cluster as this node sees it (cluster_status as JSON), polled."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        res = s.read(M.ctl("cluster_status", "--formatter", "json"), check=False)
-        status = F.parse_json(res.stdout, res.rc) or {}
-        if nodes <= set(status.get("running_nodes", [])):
-            return
-    raise DeployFailed(f"the cluster did not show {', '.join(sorted(nodes))} running within {timeout}s")
+def cluster_running(inv, wanted: list[str], timeout: float = 120) -> Await:
+    names = {f"rabbit@{n}" for n in wanted}
+    return Await(f"the cluster shows {', '.join(sorted(names))} running", view_fact(inv),
+                 lambda v: bool(v) and names <= set(v.get("running", [])) and not v.get("partitions"),
+                 timeout, f"the cluster did not show {', '.join(sorted(names))} running")
 
 
-def state_cmd(ctx: Ctx) -> C.Cmd:
-    r = ctx.inv.rabbitmq
-    pw = ctx.secret("rabbitmq_admin_password").reveal() + "\n" + ctx.secret("rabbitmq_app_password").reveal()
-    return C.cmd("python3", "-c", STATE_SCRIPT, r.admin_user, r.app_user, str(r.management_port),
-                 r.vhost, sudo=False, stdin=pw)
+class Config(Stage):
+    name = "rabbitmq config"
 
+    def hosts(self, inv) -> list:
+        return list(inv.with_role("rabbitmq"))
 
-def read_state(ctx: Ctx, s) -> dict:
-    """Never raises: unknown state only means every cluster step is planned (idempotent)."""
-    try:
-        res = s.read(state_cmd(ctx), check=False)
-        return json.loads(res.stdout)
-    except Exception as exc:
-        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    def facts(self, ctx, host) -> list:
+        return [F.files([f.path for f in node_files(ctx, host)]), F.packages(["rabbitmq-server"]),
+                F.units([UNIT])]
 
-
-def join_if_alone(s, seed: str, me: str) -> list[Change]:
-    """A node that came up outside the cluster (an earlier standalone start) is reset and
-    joined to the seed. Reads cluster_status as JSON."""
-    res = s.read(M.ctl("cluster_status", "--formatter", "json"), check=False)
-    status = F.parse_json(res.stdout, res.rc)
-    if status is None:
-        raise DeployFailed(f"cannot read the cluster status of rabbit@{me}: {res.stderr.strip()[-300:]}")
-    members = set(status.get("disk_nodes", [])) | set(status.get("running_nodes", []))
-    # Reset only a node that is provably alone: a reset throws away its data.
-    if me == seed or members != {f"rabbit@{me}"}:
-        return []
-    return [Change(f"join cluster via rabbit@{seed}",
-                   [M.ctl("stop_app"), M.ctl("reset"), M.ctl("join_cluster", f"rabbit@{seed}"),
-                    M.ctl("start_app")] + await_node())]
-
-
-def run(ctx: Ctx, engine: Engine) -> None:
-    inv = ctx.inv
-    hosts = [h.name for h in inv.with_role("rabbitmq")]
-    if not hosts:
-        return
-    warning = M.size_warning(len(hosts))
-    if warning:
-        say(f"  WARNING: {warning}")
-    seed = hosts[0]
-
-    def files(s, report):
-        wanted = node_files(ctx, s.host)
-        facts = s.gather([F.files([f.path for f in wanted]), F.packages(["rabbitmq-server"]),
-                          F.units([UNIT])])
-        problem = M.version_problem(inv, facts["packages"].get("rabbitmq-server"))
+    def prepare(self, ctx, facts: dict) -> dict:
+        """One queue mode for the cluster, from the nodes' RabbitMQ version."""
+        versions = {name: f["packages"].get("rabbitmq-server") for name, f in facts.items()}
+        majors = {M.version_major(v) for v in versions.values() if v}
+        if len(majors) > 1:
+            raise DeployFailed("RabbitMQ versions differ between nodes: " +
+                               ", ".join(f"{n} {v}" for n, v in sorted(versions.items())))
+        version = next((v for v in versions.values() if v), None)
+        problem = M.version_problem(ctx.inv, version)
         if problem:
             raise DeployFailed(problem)
-        plan = file_changes(wanted, facts["files"])
-        if plan and facts["units"].get(UNIT, {}).get("ActiveState") == "active":
-            plan.append(Change(f"mark rabbit@{s.name} for a rolling restart", [C.cmd("touch", RESTART_PENDING)]))
-        apply_plan(s, plan, report, "rabbitmq")
+        return {"version": version, "mode": M.queue_mode(ctx.inv, version)}
 
-    engine.stage("rabbitmq config", hosts, files)
-    # Cluster membership as the seed's management API sees it (cheap); when it shows every
-    # node running, nodes without changed files need no per-node check at all.
-    cluster = read_state(ctx, engine.sessions[seed]) if not engine.failed else {}
-    running = {n["name"] for n in cluster.get("nodes", []) if n.get("running")}
+    def plan(self, ctx, host, facts: dict, env: StageEnv) -> Plan:
+        steps = file_changes(node_files(ctx, host), facts["files"])
+        active = facts["units"].get(UNIT, {}).get("ActiveState") == "active"
+        if steps and active:
+            steps.append(Change(f"mark rabbit@{host.name} for a rolling restart", [C.cmd("touch", RESTART_PENDING)]))
+        notes = []
+        if host.name == nodes(ctx.inv)[0] and not ctx.inv.rabbitmq.queue_mode and env.prepared["version"]:
+            notes.append(f"queue mode {env.prepared['mode']} (RabbitMQ {env.prepared['version']}; "
+                         "rabbitmq.queue_mode is not set)")
+        return Plan(steps, output={"restart": bool(steps) and active, **env.prepared}, notes=notes)
 
-    def node(s, report):
-        facts = s.gather([F.units([UNIT]), F.exit_ok("pending", "test", "-e", RESTART_PENDING)])
-        # In a dry run the marker was only planned, not written: read the plan instead.
-        planned = f"rabbitmq: mark rabbit@{s.name} for a rolling restart" in report.changed
-        unit, pending = facts["units"].get(UNIT, {}), facts["pending"] or (s.dry_run and planned)
-        active = unit.get("ActiveState") == "active"
-        clear = [C.cmd("rm", "-f", RESTART_PENDING)] if facts["pending"] else []
-        plan: list[Change] = []
+
+def virgin_fact(host) -> F.Fact:
+    """True while the node has never run (no database directory yet)."""
+    return F.Fact("virgin", ("test", "-e", f"/var/lib/rabbitmq/mnesia/rabbit@{host.name}"),
+                  lambda out, rc: rc != 0)
+
+
+class FirstStart(Stage):
+    """A cluster none of whose nodes ever ran: every node started at once. A virgin node runs
+    peer discovery against the declared node list: RabbitMQ 4.0 waits there until the others
+    answer (started alone, the first node never finishes booting), and 3.10 takes a cluster-
+    wide lock, so parallel starts form one cluster either way. Clusters that ran before are
+    started and restarted one node at a time by the next stage."""
+    name = "rabbitmq first start"
+
+    def hosts(self, inv) -> list:
+        return list(inv.with_role("rabbitmq"))
+
+    def facts(self, ctx, host) -> list:
+        return [F.units([UNIT]), virgin_fact(host)]
+
+    def prepare(self, ctx, facts: dict) -> bool:
+        return bool(facts) and all(f["virgin"] and f["units"].get(UNIT, {}).get("ActiveState") != "active"
+                                   for f in facts.values())
+
+    def plan(self, ctx, host, facts: dict, env: StageEnv) -> Plan:
+        if not env.prepared:
+            return Plan([])
+        return Plan([Change(f"start {UNIT} (new cluster: all nodes at once)",
+                            [C.systemctl("enable", UNIT), C.systemctl("start", UNIT), await_node()],
+                            slow=True)])
+
+
+class Nodes(Stage):
+    name = "rabbitmq nodes"
+    serial = True
+
+    def hosts(self, inv) -> list:
+        return list(inv.with_role("rabbitmq"))
+
+    def facts(self, ctx, host) -> list:
+        return [F.units([UNIT]), F.exit_ok("pending", "test", "-e", RESTART_PENDING), view_fact(ctx.inv)]
+
+    def plan(self, ctx, host, facts: dict, env: StageEnv) -> Plan:
+        inv = ctx.inv
+        all_nodes = nodes(inv)
+        seed, me = all_nodes[0], host.name
+        config = env.output("rabbitmq config", me, {})
+        mode = config.get("mode") or M.queue_mode(inv, None)
+        unit = facts["units"].get(UNIT, {})
+        clear = [C.cmd("rm", "-f", RESTART_PENDING)] if facts["pending"] or config.get("restart") else []
+        steps: list = []
         if unit.get("UnitFileState") != "enabled":
-            plan.append(Change(f"enable {UNIT}", [C.systemctl("enable", UNIT)]))
-        if not active:
-            plan.append(Change(f"start {UNIT}", [C.systemctl("start", UNIT)] + await_node() + clear))
-        elif pending:
-            # Rolling: this node only (the stage is serial); the others keep serving.
-            plan.append(Change(f"restart {UNIT} (config changed)", restart_node_cmds() + clear))
-        apply_plan(s, plan, report, "rabbitmq")
-        if not s.dry_run and (plan or f"rabbit@{s.name}" not in running):
-            apply_plan(s, join_if_alone(s, seed, s.name), report, "rabbitmq")
-            # Next node only once this one and those before it show as running members.
-            wait_cluster_running(s, {f"rabbit@{h}" for h in hosts[:hosts.index(s.name) + 1]})
+            steps.append(Change(f"enable {UNIT}", [C.systemctl("enable", UNIT)]))
+        if unit.get("ActiveState") != "active":
+            steps += [Change(f"start {UNIT}", [C.systemctl("start", UNIT), await_node(), *clear], slow=True),
+                      Replan(f"rabbit@{me} started")]
+            return Plan(steps)
+        wanted = all_nodes[:all_nodes.index(me) + 1]
+        if facts["pending"] or config.get("restart"):
+            # Rolling: this node only (the stage is serial); the others keep serving. A member
+            # stays a member across a restart: no join check, only the cluster's view after.
+            steps += [Change(f"restart {UNIT} (config changed)", [*restart_node_cmds(mode), *clear], slow=True),
+                      cluster_running(inv, wanted)]
+            return Plan(steps)
+        view = facts["cluster"]
+        if not view:
+            raise DeployFailed(f"cannot read the cluster status of rabbit@{me} (management API and "
+                               "rabbitmqctl cluster_status both failed); see `journalctl -u rabbitmq-server`")
+        # Reset only a node that is provably alone: a reset throws away its data.
+        if me != seed and set(view["members"]) == {f"rabbit@{me}"}:
+            steps += [Change(f"join cluster via rabbit@{seed}",
+                             [M.ctl("stop_app"), M.ctl("reset"), M.ctl("join_cluster", f"rabbit@{seed}"),
+                              M.ctl("start_app"), await_node()], slow=True),
+                      Replan(f"rabbit@{me} joined")]
+            return Plan(steps)
+        # Next node only once this one and those before it show as running members.
+        if not {f"rabbit@{n}" for n in wanted} <= set(view["running"]) or view.get("partitions"):
+            steps.append(cluster_running(inv, wanted))
+        return Plan(steps)
 
-    engine.stage("rabbitmq nodes", hosts, node, serial=True)
 
-    def objects(s, report):
-        # Users and policies do not change with restarts: the earlier read is still good.
-        state = cluster if cluster.get("ok") else read_state(ctx, s)
-        plan = M.cluster_plan(inv, state, ctx.secret("rabbitmq_admin_password").reveal(),
-                              ctx.secret("rabbitmq_app_password").reveal(), len(hosts))
-        apply_plan(s, plan, report, "rabbitmq")
+class Objects(Stage):
+    name = "rabbitmq vhost, users, policy"
 
-    engine.stage("rabbitmq vhost, users, policy", [seed], objects)
+    def hosts(self, inv) -> list:
+        return list(inv.with_role("rabbitmq")[:1])
+
+    def facts(self, ctx, host) -> list:
+        r = ctx.inv.rabbitmq
+        return [F.Fact("state", ("python3", "-c", STATE_SCRIPT, M.USERS_FILE, str(r.management_port), r.vhost,
+                                  r.dead_letter_queue),
+                       lambda out, rc: F.parse_json(out, rc) or {"ok": False})]
+
+    def plan(self, ctx, host, facts: dict, env: StageEnv) -> Plan:
+        inv = ctx.inv
+        config = env.output("rabbitmq config", host.name, {})
+        mode = config.get("mode") or M.queue_mode(inv, None)
+        users = M.logins(inv, lambda n: ctx.secret(n).reveal(), mode)
+        steps = M.cluster_plan(inv, facts["state"], users, mode, len(nodes(inv)))
+        r = inv.rabbitmq
+        if mode == "quorum" and facts["state"].get("dlq") != "quorum":
+            steps.append(Change(f"queue {r.dead_letter_queue} (quorum, where tasks go after "
+                                f"{r.delivery_limit} deliveries)",
+                                [C.cmd("python3", "-c", DECLARE_SCRIPT, M.USERS_FILE, str(r.management_port),
+                                       r.vhost, r.dead_letter_queue)]))
+        return Plan(steps)
+
+
+class RollingRestart(Stage):
+    """`fab rabbitmq.restart`: every node, one at a time, drained and awaited."""
+    name = "rabbitmq rolling restart"
+    serial = True
+
+    def hosts(self, inv) -> list:
+        return list(inv.with_role("rabbitmq"))
+
+    def facts(self, ctx, host) -> list:
+        return [F.packages(["rabbitmq-server"])]
+
+    def plan(self, ctx, host, facts: dict, env: StageEnv) -> Plan:
+        mode = M.queue_mode(ctx.inv, facts["packages"].get("rabbitmq-server"))
+        return Plan([Change(f"rolling restart of rabbit@{host.name}", restart_node_cmds(mode), slow=True),
+                     cluster_running(ctx.inv, nodes(ctx.inv))])
+
+
+STAGES = [Config(), FirstStart(), Nodes(), Objects()]

@@ -3,10 +3,10 @@ password required, dangerous commands disabled, AOF persistence, Debian's unit."
 from __future__ import annotations
 
 from .. import facts as F
-from ..context import Ctx
-from ..engine import Engine, apply_plan
 from ..files import from_template, managed
 from ..ops import file_changes, service_changes
+from ..stage import Stage, StageEnv
+from ..steps import Plan
 
 CONF = "/etc/redis/redis.conf"
 AUTH = "/etc/redis/celery-kit-auth.conf"
@@ -14,7 +14,7 @@ UNIT = "redis-server.service"
 DANGEROUS = ("FLUSHALL", "FLUSHDB", "CONFIG", "DEBUG", "MODULE", "SHUTDOWN")
 
 
-def wanted_files(ctx: Ctx, host) -> list:
+def wanted_files(ctx, host) -> list:
     password = ctx.secret("redis_password").reveal()
     return [
         from_template(CONF, "redis.conf.j2", {"host": host, "redis": ctx.inv.redis,
@@ -25,12 +25,16 @@ def wanted_files(ctx: Ctx, host) -> list:
     ]
 
 
-def run(ctx: Ctx, engine: Engine) -> None:
-    def one(s, report):
-        files = wanted_files(ctx, s.host)
-        facts = s.gather([F.files([f.path for f in files]), F.units([UNIT])])
-        plan = file_changes(files, facts["files"])
-        plan += service_changes(UNIT, facts["units"].get(UNIT), restart=bool(plan))
-        apply_plan(s, plan, report, "redis")
+class Redis(Stage):
+    name = "redis"
 
-    engine.stage("redis", [h.name for h in ctx.inv.with_role("redis")], one)
+    def hosts(self, inv) -> list:
+        return list(inv.with_role("redis"))
+
+    def facts(self, ctx, host) -> list:
+        return [F.files([f.path for f in wanted_files(ctx, host)]), F.units([UNIT])]
+
+    def plan(self, ctx, host, facts: dict, env: StageEnv) -> Plan:
+        steps = file_changes(wanted_files(ctx, host), facts["files"])
+        steps += service_changes(UNIT, facts["units"].get(UNIT), restart=bool(steps))
+        return Plan(steps)

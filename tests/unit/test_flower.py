@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -16,7 +17,7 @@ from deploy.secrets import SecretStore
 from deploy import htpasswd as HT
 from deploy.stages import flower as FL
 
-INVENTORY = "/work/main/inventory.yaml"
+INVENTORY = Path(__file__).resolve().parent / "fixtures" / "inventory.yaml"
 
 
 @pytest.fixture
@@ -140,7 +141,7 @@ def test_site_https_with_the_kits_certificate_and_http_redirects(ctx):
     assert "listen 443 ssl;" in https
     assert f"ssl_certificate {FL.TLS_CERT};" in https and f"ssl_certificate_key {FL.TLS_KEY};" in https
     assert "listen 80;" in http
-    assert "return 301 https://$host$request_uri;" in http
+    assert "return 301 https://192.0.2.11$request_uri;" in http     # the configured name, never $host
     assert "Strict-Transport-Security" not in https      # not with a self-signed certificate
 
 
@@ -148,10 +149,10 @@ def test_site_on_other_ports_keeps_the_port_in_redirect_host_and_url(inv, tmp_pa
     ctx = make_ctx(with_flower(inv, http_port=8080, https_port=8443, port=5600), tmp_path)
     https, http = https_and_http(FL.site_config(ctx.inv, node1(ctx)))
     assert "listen 8080;" in http and "listen 8443 ssl;" in https
-    assert "return 301 https://$host:8443$request_uri;" in http
+    assert "return 301 https://192.0.2.11:8443$request_uri;" in http
     assert "proxy_set_header Host $host:8443;" in https       # Flower checks Origin against Host
     assert "proxy_pass http://127.0.0.1:5600;" in https
-    assert FL.flower_url(ctx.inv) == "https://10.77.0.11:8443/flower/"
+    assert FL.flower_url(ctx.inv) == "https://192.0.2.11:8443/flower/"
 
 
 def test_site_without_prefix_proxies_the_root(inv, tmp_path):
@@ -161,7 +162,7 @@ def test_site_without_prefix_proxies_the_root(inv, tmp_path):
     assert "@flower_home" not in https
     unit = by_path(FL.wanted_files(ctx, node1(ctx)))[FL.UNIT_FILE].content.decode()
     assert "--url_prefix" not in unit
-    assert FL.flower_url(ctx.inv) == "https://10.77.0.11/"
+    assert FL.flower_url(ctx.inv) == "https://192.0.2.11/"
 
 
 def test_site_with_a_nested_prefix(inv, tmp_path):
@@ -235,8 +236,9 @@ def test_env_file_is_secret_root_flower_0640_with_what_flower_needs(ctx):
     for name in env:
         if name.startswith("FLOWER_"):
             assert is_flower_envvar(name), name         # a real Flower 2.2.0 option
-    admin_pw = ctx.secret("rabbitmq_admin_password").reveal()
-    assert env["FLOWER_BROKER_API"] == f"'http://admin:{admin_pw}@10.77.0.11:15672/api/'"
+    monitor_pw = ctx.secret("rabbitmq_monitoring_password").reveal()
+    # The read-only monitoring user, over this host's own loopback (never the administrator).
+    assert env["FLOWER_BROKER_API"] == f"'http://celery-kit-monitor:{monitor_pw}@127.0.0.1:15672/api/'"
     flower_pw = ctx.secret("flower_admin_password").reveal()
     assert env["FLOWER_BASIC_AUTH"] == f"'admin:{flower_pw}'"
 
@@ -246,11 +248,11 @@ def test_broker_api_uses_a_rabbitmq_host_when_flower_host_has_none(inv):
                   if h.name == "node1" else h for h in inv.hosts)
     inv = dataclasses.replace(inv, hosts=hosts)
     url = FL.broker_api_url(inv, inv.host("node1"), "p@ss/word")
-    assert url == "http://admin:p%40ss%2Fword@10.77.0.12:15672/api/"     # node2: first rabbitmq host
+    assert url == "http://celery-kit-monitor:p%40ss%2Fword@192.0.2.12:15672/api/"   # node2: first rabbitmq host
 
 
 def test_broker_api_on_a_rabbitmq_flower_host_is_its_own_node(inv):
-    assert FL.broker_api_url(inv, inv.host("node1"), "pw") == "http://admin:pw@10.77.0.11:15672/api/"
+    assert FL.broker_api_url(inv, inv.host("node1"), "pw") == "http://celery-kit-monitor:pw@127.0.0.1:15672/api/"
 
 
 def test_unit_runs_flower_locally_hardened_without_secrets(ctx):
@@ -259,7 +261,7 @@ def test_unit_runs_flower_locally_hardened_without_secrets(ctx):
     text = unit.content.decode()
     assert (unit.owner, unit.mode, unit.secret) == ("root", 0o644, False) and unit.is_unit
     exec_start = re.search(r"^ExecStart=(.*?)(?<!\\)$", text, re.M | re.S).group(1)
-    assert exec_start.startswith("/opt/celery-kit/current/venv/bin/celery -A app flower")
+    assert exec_start.startswith(f"/opt/celery-kit/current/venv/bin/celery -A {ctx.inv.celery.app} flower")
     for opt in ["--address=127.0.0.1", "--port=5555", "--url_prefix=flower", "--persistent=True",
                 "--db=/var/lib/flower/flower.db", "--state_save_interval="]:
         assert opt in exec_start
@@ -301,12 +303,12 @@ def test_inventory_certificate_is_uploaded_key_secret_0600(inv, tmp_path):
 
 def test_self_signed_certificate_names_host_and_address_and_keeps_key_private(ctx):
     host = node1(ctx)
-    assert FL.subject_alt_name(host) == "DNS:node1,IP:10.77.0.11"
+    assert FL.subject_alt_name(host) == "DNS:node1,IP:192.0.2.11"
     named = dataclasses.replace(host, address="flower.example.com")
     assert FL.subject_alt_name(named) == "DNS:node1,DNS:flower.example.com"
     (cmd,) = FL.self_signed_change(host).commands
     script = cmd.argv[2]
-    assert cmd.argv[-3:] == ("node1", "DNS:node1,IP:10.77.0.11", str(FL.SELF_SIGNED_DAYS))
+    assert cmd.argv[-3:] == ("node1", "DNS:node1,IP:192.0.2.11", str(FL.SELF_SIGNED_DAYS))
     assert "umask 077" in script and f"chmod 0600 {FL.TLS_KEY}.ck-new" in script
     assert 'subjectAltName=$2' in script and '/CN=$1' in script
 
@@ -327,9 +329,13 @@ def converged_facts(files):
 
 
 def full_plan(ctx, facts):
-    host = node1(ctx)
-    return (FL.flower_plan(ctx, host, FL.wanted_flower_files(ctx, host), facts)
-            + FL.nginx_plan(ctx, host, FL.wanted_nginx_files(ctx, host), facts))
+    from deploy.stage import StageEnv
+    return FL.Flower().plan(ctx, node1(ctx), facts, StageEnv({}, None, {})).steps
+
+
+def what(step) -> str:
+    from deploy.steps import Await
+    return f"await: {step.what}" if isinstance(step, Await) else step.what
 
 
 def test_second_deploy_with_nothing_changed_is_an_empty_plan(ctx):
@@ -342,10 +348,10 @@ def test_second_deploy_with_nothing_changed_is_an_empty_plan(ctx):
 
 def test_first_deploy_plan_in_order(ctx):
     plan = full_plan(ctx, fresh_facts())
-    whats = [ch.what for ch in plan]
+    whats = [what(ch) for ch in plan]
     assert whats == [
         f"file {FL.ENV}", f"file {FL.UNIT_FILE}", "systemd daemon-reload",
-        "enable flower.service", "start flower.service", "wait until Flower answers",
+        "enable flower.service", "start flower.service", "await: Flower answers on its health check",
         f"self-signed certificate {FL.TLS_CERT} for node1",
         f"file {FL.SITE}", f"file {FL.HTPASSWD}",
         f"remove {FL.DEFAULT_SITE} (Debian's default site, also on :80)",
@@ -357,8 +363,9 @@ def test_first_deploy_plan_in_order(ctx):
 def test_no_secret_on_any_command_line(ctx):
     plan = full_plan(ctx, fresh_facts())
     values = secret_values(ctx)
+    assert len(values) >= 4
     for ch in plan:
-        for c in ch.commands:
+        for c in getattr(ch, "commands", ()):
             for v in values:
                 assert v not in c.shell()
 
@@ -367,7 +374,8 @@ def test_switched_release_restarts_flower_only(ctx):
     facts = converged_facts(FL.wanted_files(ctx, node1(ctx)))
     facts["release_switched"] = True
     plan = full_plan(ctx, facts)
-    assert [ch.what for ch in plan] == ["restart flower.service", "wait until Flower answers"]
+    assert [what(ch) for ch in plan] == ["restart flower.service", "await: Flower answers on its health check",
+                                         "Flower restarted onto the new release: clear the marker"]
     assert plan[-1].commands[-1].argv == ("rm", "-f", FL.FLOWER_RESTART_PENDING)
     facts["release_switched"] = False
     assert full_plan(ctx, facts) == []
@@ -376,15 +384,16 @@ def test_switched_release_restarts_flower_only(ctx):
 def test_changed_env_restarts_flower_without_touching_nginx(ctx):
     facts = converged_facts(FL.wanted_files(ctx, node1(ctx)))
     facts["files"][FL.ENV] = dataclasses.replace(facts["files"][FL.ENV], sha256="0" * 64)
-    assert [ch.what for ch in full_plan(ctx, facts)] == [f"file {FL.ENV}", "restart flower.service", "wait until Flower answers"]
+    assert [what(ch) for ch in full_plan(ctx, facts)] == [f"file {FL.ENV}", "restart flower.service",
+                                                          "await: Flower answers on its health check"]
 
 
 def test_changed_unit_reloads_systemd_and_restarts(ctx):
     facts = converged_facts(FL.wanted_files(ctx, node1(ctx)))
     del facts["files"][FL.UNIT_FILE]
-    assert [ch.what for ch in full_plan(ctx, facts)] == [
+    assert [what(ch) for ch in full_plan(ctx, facts)] == [
         f"file {FL.UNIT_FILE}", "systemd daemon-reload", "restart flower.service",
-        "wait until Flower answers"]
+        "await: Flower answers on its health check"]
 
 
 def test_changed_site_is_checked_then_reloaded_not_restarted(ctx):
@@ -426,37 +435,22 @@ def test_facts_are_read_only_commands():
     assert FL.cert_fact().parse("", 0) is True and FL.cert_fact().parse("", 1) is False
 
 
-def test_run_is_a_no_op_without_a_flower_host(inv, tmp_path):
+def test_the_stage_runs_on_the_flower_host_only(inv):
     no_flower = dataclasses.replace(inv, hosts=tuple(
         dataclasses.replace(h, roles=h.roles - {"flower"}) for h in inv.hosts))
-
-    class Engine:
-        def stage(self, *a, **kw):
-            raise AssertionError("no stage without a flower host")
-
-    FL.run(make_ctx(no_flower, tmp_path), Engine())
+    assert FL.Flower().hosts(no_flower) == []
     assert "no host has role flower" in FL.dashboard_info(no_flower)
-
-
-def test_run_declares_one_stage_on_the_flower_host(ctx):
-    calls = []
-
-    class Engine:
-        def stage(self, name, hosts, fn, serial=False):
-            calls.append((name, hosts))
-
-    FL.run(ctx, Engine())
-    assert calls == [("flower", ["node1"])]
+    assert [h.name for h in FL.Flower().hosts(inv)] == ["node1"]
 
 
 # For people -------------------------------------------------------------------------------
 
 def test_flower_url_and_dashboard_info_show_where_not_what(ctx):
     inv = ctx.inv
-    assert FL.flower_url(inv) == "https://10.77.0.11/flower/"
+    assert FL.flower_url(inv) == "https://192.0.2.11/flower/"
     pw = ctx.secret("flower_admin_password").reveal()
     info = FL.dashboard_info(inv)
-    assert "https://10.77.0.11/flower/" in info
+    assert "https://192.0.2.11/flower/" in info
     assert str(inv.state_dir / "secrets.yaml") in info
     assert "flower_admin_password" in info and "admin" in info
     assert pw not in info

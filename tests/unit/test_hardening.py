@@ -14,7 +14,6 @@ import hashlib
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -430,33 +429,3 @@ def test_hsts_only_with_the_inventory_certificate():
     assert "Strict-Transport-Security" not in http
 
 
-NGINX_CONF = """events {{ worker_connections 64; }}
-pid {tmp}/nginx.pid;
-http {{
-    client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi; uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
-    access_log off;
-    include {tmp}/site.conf;
-}}
-"""
-
-
-@pytest.mark.skipif(not shutil.which("nginx"), reason="nginx is not installed (only checked where it is)")
-@pytest.mark.parametrize("overrides", [{}, {"prefix": "", "hsts": True, "server_name": "fd00::11"}])
-def test_nginx_accepts_the_site(tmp_path, overrides):
-    key, cert = tmp_path / "k.pem", tmp_path / "c.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                    "-nodes", "-days", "1", "-subj", "/CN=t", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
-    (tmp_path / "htpasswd").write_text("")
-    (tmp_path / "site.conf").write_text(site(tls_cert=str(cert), tls_key=str(key),
-                                             htpasswd=str(tmp_path / "htpasswd"), **overrides))
-    (tmp_path / "nginx.conf").write_text(NGINX_CONF.format(tmp=tmp_path))
-    proc = subprocess.run(["nginx", "-t", "-q", "-p", str(tmp_path), "-e", str(tmp_path / "error.log"),
-                           "-c", str(tmp_path / "nginx.conf")], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-
-if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] != "record":
-        sys.exit("usage: python tests/unit/test_hardening.py record /path/to/systemd-analyze")
-    print(record(sys.argv[2]))

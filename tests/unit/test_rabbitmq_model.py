@@ -1,37 +1,51 @@
-"""RabbitMQ decisions without a broker: config values, policy, version guard, cluster plan."""
+"""RabbitMQ decisions without a broker: queue mode, config values, policies, logins, the
+cluster-level plan."""
 import json
-from dataclasses import replace
-from pathlib import Path
+import re
 
 import pytest
 
 from deploy import rabbitmq_model as M
-from deploy.inventory import load_inventory
 
-INV = load_inventory(Path(__file__).resolve().parents[2] / "inventory.yaml")
+from kit import FakeCtx, inventory, recorded
 
-
-def with_rabbit(**kw):
-    return replace(INV, rabbitmq=replace(INV.rabbitmq, **kw))
+INV = inventory()
+CTX = FakeCtx(INV)
+SECRET = lambda n: CTX.secret(n).reveal()   # noqa: E731
 
 
 def test_consumer_timeout_is_above_the_longest_task():
     assert M.consumer_timeout_ms(INV) == (2 * INV.celery.time_limit + 60) * 1000
-    assert M.consumer_timeout_ms(INV) > INV.celery.time_limit * 1000
-    assert M.consumer_timeout_ms(with_rabbit(consumer_timeout=7200)) == 7_200_000
+    assert M.consumer_timeout_ms(inventory(rabbitmq={"consumer_timeout": 7200})) == 7_200_000
 
 
-def test_policy_definition_by_mode():
-    assert M.policy_definition(INV, 3) == {"ha-mode": "exactly", "ha-params": 2, "ha-sync-mode": "automatic"}
-    assert M.policy_definition(with_rabbit(mirrors="all"), 3) == {"ha-mode": "all", "ha-sync-mode": "automatic"}
-    assert M.policy_definition(with_rabbit(queue_mode="quorum", mirrors="majority"), 3) is None
+@pytest.mark.parametrize("version,mode", [("3.10.8-1.1+deb12u2", "mirrored"), ("4.0.5-6+deb13u2", "quorum"),
+                                          (None, "mirrored")])
+def test_queue_mode_follows_the_version_when_the_inventory_leaves_it_out(version, mode):
+    assert M.queue_mode(INV, version) == mode
+    assert M.queue_mode(inventory(rabbitmq={"queue_mode": "quorum"}), "3.10.8") == "quorum"
 
 
-def test_rabbitmq_4_refuses_mirrored_mode_with_a_pointer_to_quorum():
-    assert M.version_problem(INV, "3.10.8-1.1+deb12u1") is None
-    problem = M.version_problem(INV, "4.0.5-1")
-    assert "4.0.5-1" in problem and "queue_mode: quorum" in problem
-    assert M.version_problem(with_rabbit(queue_mode="quorum"), "4.0.5-1") is None
+def test_mirrored_policy_promotes_only_synchronised_mirrors():
+    assert M.policy_definition(INV, "mirrored", 3) == {
+        "ha-mode": "exactly", "ha-params": 2, "ha-sync-mode": "automatic",
+        "ha-promote-on-failure": "when-synced", "ha-promote-on-shutdown": "when-synced"}
+    assert M.policy_definition(inventory(rabbitmq={"mirrors": "all"}), "mirrored", 3)["ha-mode"] == "all"
+
+
+def test_quorum_policy_dead_letters_after_the_delivery_limit():
+    d = M.policy_definition(inventory(rabbitmq={"delivery_limit": 3}), "quorum", 3)
+    # RabbitMQ dead-letters when the count EXCEEDS the limit: 3 deliveries = limit 2.
+    assert d == {"delivery-limit": 2, "dead-letter-exchange": "", "dead-letter-routing-key": "celery.dead-letter",
+                 "dead-letter-strategy": "at-least-once", "overflow": "reject-publish"}
+
+
+def test_rabbitmq_4_refuses_explicit_mirrored_mode_with_what_to_write():
+    inv = inventory(rabbitmq={"queue_mode": "mirrored"})
+    assert M.version_problem(inv, "3.10.8-1.1+deb12u1") is None
+    problem = M.version_problem(inv, "4.0.5-1")
+    assert "4.0.5" in problem and "queue_mode: quorum" in problem and str(inv.path) in problem
+    assert M.version_problem(INV, "4.0.5-1") is None        # left out: quorum is chosen
 
 
 @pytest.mark.parametrize("n,warns", [(1, True), (2, True), (3, False), (4, True), (5, False)])
@@ -39,51 +53,62 @@ def test_size_warning(n, warns):
     assert (M.size_warning(n) is not None) == warns
 
 
-def test_policy_pattern_skips_amq_and_celery_transients():
-    import re
+def test_policy_pattern_skips_amq_celery_transients_and_delayed_delivery():
     p = re.compile(M.POLICY_PATTERN)
-    assert p.match("celery") and p.match("emails")
-    for q in ("amq.gen-xyz", "celeryev.1234", "w1@node2.celery.pidbox", "abc.reply.celery.pidbox"):
+    assert p.match("celery") and p.match("emails") and p.match("celery.dead-letter")
+    for q in ("amq.gen-xyz", "celeryev.1234", "w1@node2.celery.pidbox", "celery_delayed_27"):
         assert not p.match(q), q
 
 
-GOOD = {"ok": True, "vhosts": ["/", "/celery"],
-        "users": {"admin": {"tags": ["administrator"], "password_ok": True},
-                  "celery": {"tags": [], "password_ok": True}},
-        "permissions": {"admin": [".*", ".*", ".*"], "celery": [".*", ".*", ".*"]},
-        "policies": {M.POLICY: {"pattern": M.POLICY_PATTERN, "apply-to": "queues", "priority": 0,
-                                "definition": {"ha-mode": "exactly", "ha-params": 2, "ha-sync-mode": "automatic"}}}}
+def test_least_privilege_logins():
+    by = {lg.name: lg for lg in M.logins(INV, SECRET, "quorum")}
+    assert by["admin"].tags == ("administrator",) and by["admin"].perms == ("^celery\\.dead\\-letter$", "^$", "^$")
+    assert by["celery"].tags == () and by["celery"].perms == M.ALL_PERMS
+    assert by["celery-kit-monitor"].tags == ("monitoring",) and by["celery-kit-monitor"].perms == M.NO_PERMS
+    assert {lg.name: lg.perms for lg in M.logins(INV, SECRET, "mirrored")}["admin"] is None
+
+
+def test_users_file_holds_every_login_for_the_facts():
+    doc = json.loads(M.users_file(INV, SECRET))
+    assert set(doc) == {"admin", "app", "monitoring"} and doc["app"]["user"] == "celery"
+
+
+STATE = json.loads(recorded("trixie/node1-state.json"))
 
 
 def test_converged_cluster_gives_an_empty_plan():
-    assert M.cluster_plan(INV, GOOD, "a" * 40, "b" * 40, 3) == []
+    assert M.cluster_plan(INV, STATE, M.logins(INV, SECRET, "quorum"), "quorum", 3) == []
 
 
 def test_unknown_state_plans_every_idempotent_step_and_keeps_passwords_off_argv():
-    plan = M.cluster_plan(INV, {"ok": False}, "adminpw" * 6, "apppw" * 8, 3)
+    users = M.logins(INV, SECRET, "mirrored")
+    plan = M.cluster_plan(INV, {"ok": False}, users, "mirrored", 3)
     whats = [c.what for c in plan]
     assert whats[0] == "vhost /celery" and "remove user guest" in whats
+    assert "no permissions for admin on /celery" in whats
     assert any(w.startswith("policy celery-kit-ha") for w in whats)
     for change in plan:
         for c in change.commands:
-            assert "adminpw" not in " ".join(c.argv) and "apppw" not in " ".join(c.argv)
+            for u in users:
+                assert u.password not in " ".join(c.argv)
     (user_admin,) = [c for c in plan if c.what == "user admin"]
-    assert user_admin.commands[0].stdin == ("adminpw" * 6 + "\n").encode()
+    assert user_admin.commands[0].stdin == (SECRET("rabbitmq_admin_password") + "\n").encode()
 
 
 def test_drift_guest_back_password_changed_policy_changed():
-    state = json.loads(json.dumps(GOOD))
+    state = json.loads(json.dumps(STATE))
     state["users"]["guest"] = {"tags": ["administrator"], "password_ok": None}
     state["users"]["celery"]["password_ok"] = False
-    state["policies"][M.POLICY]["definition"]["ha-params"] = 3
-    whats = [c.what for c in M.cluster_plan(INV, state, "a" * 40, "b" * 40, 3)]
+    state["policies"][M.POLICY]["definition"]["delivery-limit"] = 19
+    whats = [c.what for c in M.cluster_plan(INV, state, M.logins(INV, SECRET, "quorum"), "quorum", 3)]
     assert whats == ["password of celery", "remove user guest",
-                     'policy celery-kit-ha {"ha-mode": "exactly", "ha-params": 2, "ha-sync-mode": "automatic"}']
+                     'policy celery-kit-ha {"dead-letter-exchange": "", "dead-letter-routing-key": '
+                     '"celery.dead-letter", "dead-letter-strategy": "at-least-once", "delivery-limit": 4, '
+                     '"overflow": "reject-publish"}']
 
 
-def test_quorum_mode_removes_the_ha_policy():
-    inv = with_rabbit(queue_mode="quorum")
-    (ch,) = M.cluster_plan(inv, GOOD, "a" * 40, "b" * 40, 3)
-    assert ch.what.startswith("remove policy celery-kit-ha")
-    state = dict(GOOD, policies={})
-    assert M.cluster_plan(inv, state, "a" * 40, "b" * 40, 3) == []
+def test_an_administrator_with_app_rights_loses_them():
+    state = json.loads(json.dumps(STATE))
+    state["permissions"]["admin"] = [".*", ".*", ".*"]
+    whats = [c.what for c in M.cluster_plan(INV, state, M.logins(INV, SECRET, "mirrored"), "mirrored", 3)]
+    assert "no permissions for admin on /celery" in whats

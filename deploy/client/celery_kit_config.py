@@ -1,0 +1,91 @@
+"""Celery settings of a celery-kit cluster, read from the environment.
+
+Shipped by the kit: installed into every release's venv on the hosts (the workers, beat and
+Flower load it through CELERY_CONFIG_MODULE=celery_kit_config, set in their environment file)
+and written next to the producer environment by `fab client-env`. It holds no secret: the
+URLs come from the environment (/etc/celery-kit/celery.env on the hosts).
+
+An app that configures itself should start from these settings:
+    app.config_from_object("celery_kit_config")
+A Celery() app that sets no config at all picks them up by itself (CELERY_CONFIG_MODULE).
+
+Why each group is set is said next to it; the kit's README has the measured effects.
+"""
+import os
+from urllib.parse import unquote, urlsplit
+
+_env = os.environ
+
+
+def _int(key, default):
+    return int(_env.get(key, default))
+
+
+# Where. Every RabbitMQ node, in an order of this client's own (the kit rotates the list
+# per host), so one node going away never takes every client with it.
+broker_url = _env.get("CELERY_BROKER_URL", "amqp://guest@localhost//")
+result_backend = _env.get("CELERY_RESULT_BACKEND", "redis://localhost:6379/0")
+broker_failover_strategy = "round-robin"
+
+# What travels. Tasks in msgpack (every message carries its content type). Results in JSON:
+# Redis stores no content type, so a result is read back with the reader's own
+# result_serializer, and JSON is what a stock Celery client (or another language) reads.
+task_serializer = _env.get("CELERY_TASK_SERIALIZER", "msgpack")
+result_serializer = "json"
+accept_content = ["msgpack", "json"]
+result_accept_content = ["json", "msgpack"]
+result_expires = _int("CELERY_RESULT_EXPIRES", 86400)
+result_extended = True
+timezone = "UTC"
+
+# At-least-once delivery: a task is acknowledged after it ran; a worker process that dies
+# mid-task gives it back; the broker confirms every publish; queues are replicated.
+task_acks_late = True
+task_reject_on_worker_lost = True
+broker_transport_options = {"confirm_publish": True}
+worker_prefetch_multiplier = _int("CELERY_PREFETCH_MULTIPLIER", 1)
+broker_heartbeat = _int("CELERY_BROKER_HEARTBEAT", 30)
+broker_connection_retry_on_startup = True
+broker_connection_max_retries = None
+# When the broker connection breaks, a late-acked task's ack can no longer reach RabbitMQ,
+# which redelivers it: stop the running copy (it would run twice at once) ...
+worker_cancel_long_running_tasks_on_connection_loss = True
+# ... and skip a redelivered task whose SUCCESS is already stored.
+worker_deduplicate_successful_tasks = True
+
+task_default_queue = _env.get("CELERY_DEFAULT_QUEUE", "celery")
+task_time_limit = _int("CELERY_TIME_LIMIT", 1800)
+if _env.get("CELERY_SOFT_TIME_LIMIT"):
+    task_soft_time_limit = _int("CELERY_SOFT_TIME_LIMIT", 0)
+
+if _env.get("CELERY_QUEUE_TYPE") == "quorum":
+    task_default_queue_type = "quorum"
+    # Celery's native delayed delivery (ETA/countdown on quorum queues) routes through topic
+    # exchanges; with a direct exchange the worker would hold ETA tasks in its prefetch.
+    task_default_exchange_type = "topic"
+
+# Results survive a Redis restart or failover: a pooled connection that Redis reset is
+# retried at once (retry_on_timeout), a dead one is found by a health check, and a store
+# that still fails is retried with backoff, bounded, so a worker never blocks forever.
+result_backend_always_retry = True
+result_backend_max_retries = 30
+result_backend_base_sleep_between_retries_ms = 100
+result_backend_max_sleep_between_retries_ms = 3000
+redis_retry_on_timeout = True
+redis_socket_timeout = 10
+redis_socket_connect_timeout = 5
+redis_socket_keepalive = True
+redis_backend_health_check_interval = 25
+
+if result_backend.startswith("sentinel://"):
+    # The URL's password is Redis's; Sentinel is asked with sentinel_kwargs (same secret).
+    _password = unquote(urlsplit(result_backend.split(";")[0]).password or "")
+    result_backend_transport_options = {
+        "master_name": _env.get("CELERY_REDIS_MASTER", "celery-kit"),
+        "sentinel_kwargs": {"password": _password or None, "socket_timeout": 5,
+                            "socket_connect_timeout": 5},
+    }
+
+# Events, for Flower's dashboard.
+worker_send_task_events = True
+task_send_sent_event = True

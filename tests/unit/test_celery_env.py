@@ -1,0 +1,87 @@
+"""The Celery environment the kit renders, and the settings module that reads it."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+from deploy.celery_env import CONFIG_SOURCE, broker_start, broker_urls, celery_env, env_file, result_backend_url
+
+from kit import inventory
+
+INV = inventory()
+SENTINEL = inventory("inventory.sentinel.yaml")
+
+
+def test_broker_urls_list_every_node_rotated_per_client():
+    urls = broker_urls(INV, "p/w")
+    assert urls == [f"amqp://celery:p%2Fw@192.0.2.1{i}:5672/%2Fcelery" for i in (1, 2, 3)]
+    assert broker_urls(INV, "x", 1)[0].endswith("@192.0.2.12:5672/%2Fcelery")
+    assert broker_start(INV, INV.host("node3")) == 2           # a RabbitMQ host: its own node first
+    # Producers spread over the nodes by a hash of their name, the same every time.
+    assert broker_start(INV, client="ctl") == broker_start(INV, client="ctl")
+    assert len({broker_start(INV, client=n) % 3 for n in "abcdef"}) > 1
+
+
+def test_backend_url_single_and_sentinel():
+    assert result_backend_url(INV, "x") == "redis://:x@192.0.2.11:6379/0"
+    url = result_backend_url(SENTINEL, "p")
+    assert url.split(";") == [f"sentinel://:p@192.0.2.1{i}:26380/0" for i in (1, 2, 3)]
+    assert celery_env(SENTINEL, "a", "b")["CELERY_REDIS_MASTER"] == "results"
+
+
+def test_env_has_the_settings_module_and_queue_type():
+    env = celery_env(INV, "a", "b")
+    assert env["CELERY_CONFIG_MODULE"] == "celery_kit_config" and env["CELERY_QUEUE_TYPE"] == "classic"
+    assert env["CELERY_BROKER_URL"].count(";") == 2 and env["CELERY_TASK_SERIALIZER"] == "msgpack"
+    assert celery_env(INV, "a", "b", "quorum")["CELERY_QUEUE_TYPE"] == "quorum"
+    assert env_file({"A": "1"}).splitlines()[1:] == ["A='1'"]
+
+
+def test_env_file_refuses_values_that_would_break_out():
+    import pytest
+    with pytest.raises(ValueError, match="A: a value with a quote"):
+        env_file({"A": "x'; rm -rf /"})
+
+
+def load_settings(monkeypatch, **env):
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.syspath_prepend(str(CONFIG_SOURCE.parent))
+    sys.modules.pop("celery_kit_config", None)
+    return importlib.import_module("celery_kit_config")
+
+
+def test_settings_keep_at_least_once_delivery(monkeypatch):
+    s = load_settings(monkeypatch, CELERY_BROKER_URL="amqp://a;amqp://b", CELERY_PREFETCH_MULTIPLIER="4")
+    assert s.task_acks_late and s.task_reject_on_worker_lost
+    assert s.broker_transport_options == {"confirm_publish": True}
+    assert s.worker_prefetch_multiplier == 4 and s.broker_url == "amqp://a;amqp://b"
+    assert s.worker_cancel_long_running_tasks_on_connection_loss and s.worker_deduplicate_successful_tasks
+
+
+def test_results_are_json_so_any_client_reads_them(monkeypatch):
+    s = load_settings(monkeypatch)
+    assert s.task_serializer == "msgpack" and s.result_serializer == "json"
+    assert "json" in s.accept_content and "json" in s.result_accept_content
+
+
+def test_result_writes_retry_bounded(monkeypatch):
+    s = load_settings(monkeypatch)
+    assert s.result_backend_always_retry and 0 < s.result_backend_max_retries < 100
+    assert s.redis_retry_on_timeout and s.redis_backend_health_check_interval
+
+
+def test_quorum_settings_and_sentinel_options(monkeypatch):
+    s = load_settings(monkeypatch, CELERY_QUEUE_TYPE="quorum", CELERY_REDIS_MASTER="results",
+                      CELERY_RESULT_BACKEND="sentinel://:pw%2F1@h1:26379/0;sentinel://:pw%2F1@h2:26379/0")
+    assert s.task_default_queue_type == "quorum" and s.task_default_exchange_type == "topic"
+    assert s.result_backend_transport_options["master_name"] == "results"
+    assert s.result_backend_transport_options["sentinel_kwargs"]["password"] == "pw/1"
+
+
+def test_a_celery_app_picks_the_settings_up(monkeypatch):
+    load_settings(monkeypatch, CELERY_CONFIG_MODULE="celery_kit_config", CELERY_QUEUE_TYPE="quorum")
+    from celery import Celery
+    app = Celery("x")
+    app.config_from_object("celery_kit_config")
+    assert app.conf.task_default_queue_type == "quorum" and app.conf.result_serializer == "json"
