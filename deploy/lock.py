@@ -1,9 +1,9 @@
 """A deploy lock on every host, so two deploys cannot interleave.
 
 mkdir is atomic, so `mkdir /run/celery-kit.lock` either takes the lock or fails because
-someone holds it; the owner file says who and since when, and carries a random token: a
-deploy releases only a lock that still holds ITS token (after `fab unlock` another deploy
-may hold it). /run is cleared on reboot, so a host that crashed mid-deploy does not keep a
+someone holds it; the owner file says who and since when (first line) and carries a random
+token (second line): a deploy releases only a lock that still holds ITS token (after
+`fab unlock` another deploy may hold it). /run is cleared on reboot, so a host that crashed mid-deploy does not keep a
 stale lock forever; `fab unlock` breaks one.
 """
 from __future__ import annotations
@@ -35,13 +35,13 @@ class Owner:
 
 
 def acquire_cmd(owner: Owner) -> C.Cmd:
-    return C.sh(f'mkdir {LOCK_DIR} 2>/dev/null || {{ cat {LOCK_DIR}/owner 2>/dev/null | tail -n +2; exit 75; }}; '
-                f'cat > {LOCK_DIR}/owner', stdin=f"{owner.token}\n{owner.who}\n")
+    return C.sh(f'mkdir {LOCK_DIR} 2>/dev/null || {{ head -n 1 {LOCK_DIR}/owner 2>/dev/null; exit 75; }}; '
+                f'cat > {LOCK_DIR}/owner', stdin=f"{owner.who}\ntoken {owner.token}\n")
 
 
 def release_cmd(owner: Owner) -> C.Cmd:
     """Remove the lock only if it is still ours."""
-    return C.sh(f'[ "$(head -n 1 {LOCK_DIR}/owner 2>/dev/null)" = "$1" ] && rm -rf {LOCK_DIR} || true',
+    return C.sh(f'grep -qx "token $1" {LOCK_DIR}/owner 2>/dev/null && rm -rf {LOCK_DIR} || true',
                 owner.token)
 
 

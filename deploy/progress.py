@@ -35,7 +35,8 @@ class Progress:
         self.live_mode = self.console.is_terminal
         self._running: dict[int, _Running] = {}
         self._ids = itertools.count()
-        self._lock = threading.Lock()
+        # Reentrant: the Ctrl-C handler may print while the main thread is inside say().
+        self._lock = threading.RLock()
         self._live: Live | None = None
         self._ticker: threading.Thread | None = None
         self._stop = threading.Event()

@@ -73,11 +73,11 @@ def rollback(c, dry_run=False, inventory=DEFAULT_INVENTORY):
     guarded(lambda: operate.rollback(inv, options(c, dry_run)))
 
 
-@kit_task(name="client-env", help=INV)
-def client_env(c, inventory=DEFAULT_INVENTORY):
-    """Write producer settings: .state/client/celery.env (0600) and celery_kit_config.py."""
+@kit_task(name="client-env", help={**INV, "out": "directory to write to (default <state_dir>/client)"})
+def client_env(c, out=None, inventory=DEFAULT_INVENTORY):
+    """Write producer settings: celery.env (0600) and the settings module celery_kit_config.py."""
     inv = load(inventory)
-    path = guarded(lambda: operate.client_env(inv, opts=options(c)))
+    path = guarded(lambda: operate.client_env(inv, Path(out) if out else None, opts=options(c)))
     print(f"wrote {path} and {path.parent / 'celery_kit_config.py'}\n"
           f"use: set -a; . {path}; set +a")
 

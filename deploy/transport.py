@@ -5,7 +5,6 @@ belong to the engine.
 from __future__ import annotations
 
 import hashlib
-import io
 import secrets
 import shlex
 import threading
@@ -100,13 +99,34 @@ class Session:
     def exec(self, command: str, stdin: bytes | None = None, timeout: float | None = None) -> Result:
         """One round trip: the command, its stdin (secrets travel here, never in argv)."""
         self.round_trips += 1
-        in_stream = io.StringIO(stdin.decode()) if stdin is not None else False
+        timeout = timeout or self.timeouts.command
+        if stdin is not None:
+            return self._exec_stdin(command, stdin, timeout)
         try:
-            r = self.connection().run(command, in_stream=in_stream,
-                                      timeout=timeout or self.timeouts.command)
+            r = self.connection().run(command, in_stream=False, timeout=timeout)
         except CommandTimedOut as exc:
             raise CommandError(self.name, mask(command), -1, f"timed out after {exc.timeout}s")
         return Result(r.exited, r.stdout, r.stderr)
+
+    def _exec_stdin(self, command: str, stdin: bytes, timeout: float) -> Result:
+        """Fabric's run feeds stdin from a thread that fails ("Socket is closed") when the
+        command exits without reading it (a refused lock, for one): a channel of our own
+        sends it in one piece and tolerates a command that did not want it."""
+        chan = self.connection().client.get_transport().open_session()
+        chan.settimeout(timeout)
+        try:
+            chan.exec_command(command)
+            try:
+                chan.sendall(stdin)
+                chan.shutdown_write()
+            except OSError:
+                pass                       # the command ended before reading its stdin
+            out, err = chan.makefile("rb").read(), chan.makefile_stderr("rb").read()
+            return Result(chan.recv_exit_status(), out.decode(errors="replace"), err.decode(errors="replace"))
+        except TimeoutError:
+            raise CommandError(self.name, mask(command), -1, f"timed out after {timeout}s")
+        finally:
+            chan.close()
 
     def run(self, c: Cmd, check: bool = True, timeout: float | None = None) -> Result:
         res = self.exec(c.shell(), c.stdin, timeout)

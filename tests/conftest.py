@@ -29,9 +29,7 @@ def lab():
 @pytest.fixture(scope="session")
 def lab_hosts(lab):
     """testinfra hosts for every lab host, connected as the deploy user."""
-    return {h.name: testinfra.get_host(f"paramiko://{DEPLOY_USER}@{h.address}",
-                                       ssh_identity_file=str(lab.key_path))
-            for h in lab.hosts()}
+    return {h.name: lab_host(lab, h.address) for h in lab.hosts()}
 
 
 # Deploying -----------------------------------------------------------------------------
@@ -56,10 +54,10 @@ def fab(*args: str, check: bool = True, env: dict | None = None) -> subprocess.C
 
 
 def summary_rows(output: str) -> dict[str, tuple[str, int]]:
-    """The deploy's closing table: host -> (unchanged|changed|failed, number of changes)."""
+    """The deploy's closing table: host -> (unchanged|changed|failed|interrupted, changes)."""
     import re
     return {m.group(1): (m.group(2), int(m.group(3))) for m in
-            re.finditer(r"^(\S+)\s+(unchanged|changed|failed)\s+(\d+)$", output, re.M)}
+            re.finditer(r"^(\S+)\s+(unchanged|changed|failed|interrupted)\s+(\d+)\s*$", output, re.M)}
 
 
 class PsSampler:
@@ -73,7 +71,8 @@ class PsSampler:
         self._threads = [threading.Thread(target=self._run, args=(a,), daemon=True) for a in addresses]
 
     def _run(self, address):
-        host = testinfra.get_host(f"paramiko://{DEPLOY_USER}@{address}", ssh_identity_file=str(self.key))
+        from deploy.lab.spec import default_spec
+        host = lab_host(default_spec(PROJECT), address)
         while not self._stop.is_set():
             self.samples[address].append(host.run("ps -eo args").stdout)
 
@@ -103,6 +102,26 @@ def inv(first_deploy):
     return first_deploy["inv"]
 
 
+def inventory_variant(directory: Path, *replace: tuple[str, str], append: str = "") -> Path:
+    """A copy of the lab's inventory in another directory, with (old, new) replacements,
+    sharing the lab's state (secrets, keys, known hosts) through absolute paths."""
+    text = INVENTORY.read_text()
+    text = text.replace("key: .state/lab/id_ed25519", f"key: {PROJECT}/.state/lab/id_ed25519")
+    text = text.replace("known_hosts: .state/lab/known_hosts", f"known_hosts: {PROJECT}/.state/lab/known_hosts")
+    for old, new in replace:
+        assert old in text, f"{old!r} not in the lab inventory"
+        text = text.replace(old, new)
+    path = directory / "inventory.yaml"
+    path.write_text(f"state_dir: {PROJECT}/.state\nproject:\n  path: {PROJECT}/app\n" + text + append)
+    return path
+
+
+@pytest.fixture(scope="session")
+def queue_mode(lab) -> str:
+    """What the deploy chooses for the lab's release: RabbitMQ 3.10 mirrored, 4.0 quorum."""
+    return "quorum" if lab.release == "trixie" else "mirrored"
+
+
 class MaskedDict(dict):
     """Secrets for assertions; a failing test's report must not print them."""
 
@@ -114,28 +133,53 @@ class MaskedDict(dict):
 def secrets(inv):
     from deploy.secrets import SecretStore
     store = SecretStore(inv.state_dir / "secrets.yaml")
-    names = ["rabbitmq_app_password", "rabbitmq_admin_password", "redis_password", "erlang_cookie"]
+    names = ["rabbitmq_app_password", "rabbitmq_admin_password", "rabbitmq_monitoring_password",
+             "redis_password", "erlang_cookie"]
     return MaskedDict({n: store.get(n).reveal() for n in names})
 
 
+def client_env(inv_path=INVENTORY, out: Path | None = None) -> dict[str, str]:
+    """What a producer gets from `fab client-env`: the environment file, read like a shell does."""
+    from deploy.inventory import load_inventory
+    out = out or load_inventory(inv_path).state_dir / "client"
+    fab("client-env", "--inventory", str(inv_path), "--out", str(out))
+    path = out / "celery.env"
+    env = {}
+    for line in path.read_text().splitlines():
+        if "=" in line and not line.startswith("#"):
+            k, _, v = line.partition("=")
+            env[k] = v.strip("'")
+    return env
+
+
 @pytest.fixture(scope="session")
-def celery_settings(inv, secrets):
-    from deploy.celery_env import celery_env
-    return MaskedDict(celery_env(inv, secrets["rabbitmq_app_password"], secrets["redis_password"]))
+def celery_settings(first_deploy):
+    return MaskedDict(client_env())
 
 
 @pytest.fixture(scope="session")
 def celery_app(celery_settings):
-    """The task package's app, configured exactly like the workers (from .state settings)."""
+    """The task package's app, configured exactly like a producer after `fab client-env`."""
     os.environ.update(celery_settings)
+    sys.path.insert(0, celery_settings["PYTHONPATH"])
+    sys.modules.pop("celery_kit_config", None)
     from app.celery import app
-    from app.config import from_env
-    app.conf.update(from_env(celery_settings))
     return app
 
 
 @pytest.fixture(scope="session")
 def hosts(inv, lab):
-    return {h.name: testinfra.get_host(f"paramiko://{DEPLOY_USER}@{h.address}",
-                                       ssh_identity_file=str(lab.key_path), sudo=False)
-            for h in inv.hosts}
+    return {h.name: lab_host(lab, h.address) for h in inv.hosts}
+
+
+def lab_host(lab, address: str):
+    """A testinfra host over SSH with the lab's host keys checked (no trust on first use)."""
+    import paramiko
+    host = testinfra.get_host(f"paramiko://{DEPLOY_USER}@{address}", ssh_identity_file=str(lab.key_path))
+    client = paramiko.SSHClient()
+    client.load_host_keys(str(lab.known_hosts))
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    client.connect(address, username=DEPLOY_USER, key_filename=str(lab.key_path), look_for_keys=False,
+                   allow_agent=False, timeout=10)
+    host.backend.__dict__["client"] = client          # testinfra's cached_property, pre-filled
+    return host

@@ -21,7 +21,8 @@ def test_broken_release_is_switched_back_and_stops_the_rollout(inv, hosts, celer
     assert proc.returncode == 1
     first, *rest = [h.name for h in inv.with_role("worker")]
     assert summary_rows(out)[first][0] == "failed"
-    assert f"switched back to {before[first]}" in out and f"{first}: back on {before[first]}" in out
+    assert f"switched back to {before[first]}" in out and "systemd is restarting them" in out
+    assert f"roll back to release {before[first]}" in out
     assert {name: current(hosts[name]) for name in before} == before      # nobody runs it
     assert add.delay(2, 3).get(timeout=60) == 5                           # the cluster still works
     # And the next deploy, with the good code, has nothing to do for the releases.

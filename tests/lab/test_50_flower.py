@@ -86,7 +86,8 @@ def test_browser_logs_in_sees_workers_and_a_task(flower, inv, celery_app, tmp_pa
         driver.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {"Authorization": flower["auth"]}})
         driver.get(flower["base"] + "/workers")
         want = expected_workers(inv)
-        wait_for(lambda: all(w in driver.page_source for w in want), 60, "workers in the page")
+        # A refresh every 2 s at most: nginx limits requests per client (10/s, burst 20).
+        wait_for(lambda: all(w in driver.page_source for w in want), 60, "workers in the page", interval=2)
         shot = Path(__file__).resolve().parents[2] / ".state" / "flower-workers.png"
         driver.save_screenshot(str(shot))
         assert shot.stat().st_size > 10_000
@@ -96,7 +97,8 @@ def test_browser_logs_in_sees_workers_and_a_task(flower, inv, celery_app, tmp_pa
         result = add.delay(40, 2)
         assert result.get(timeout=30) == 42
         driver.get(flower["base"] + "/tasks")
-        wait_for(lambda: result.id in driver.page_source or driver.refresh(), 60, "the task in Flower's tasks view")
+        wait_for(lambda: result.id in driver.page_source or driver.refresh(), 60, "the task in Flower's tasks view",
+                 interval=2)
         driver.save_screenshot(str(shot.with_name("flower-tasks.png")))
     finally:
         driver.quit()

@@ -4,34 +4,32 @@ vhost): no HA policy, Celery declares quorum queues, and a SIGKILLed leader lose
 import pytest
 
 from brokerutil import api, consume_all, declare, publish, queue_info, wait_for
-from conftest import INVENTORY, PROJECT, fab, summary_rows
+from conftest import PROJECT, client_env, fab, inventory_variant, summary_rows
 
 VHOST = "/celery-quorum"
 
 
 @pytest.fixture(scope="module")
-def quorum(tmp_path_factory, first_deploy, secrets):
-    text = INVENTORY.read_text()
-    text = text.replace("  queue_mode: mirrored               # or quorum\n", "  queue_mode: quorum\n")
-    text = text.replace("  mirrors: majority                  # majority | all | a number of nodes\n",
-                        f"  vhost: {VHOST}\n")
-    text = text.replace("key: .state/lab/id_ed25519", f"key: {PROJECT}/.state/lab/id_ed25519")
-    assert "queue_mode: quorum" in text and VHOST in text
-    path = tmp_path_factory.mktemp("quorum") / "inventory.yaml"
-    # Same secrets and scale as the lab's own inventory: only the queue mode differs.
-    path.write_text(f"state_dir: {PROJECT}/.state\n" + text)
+def quorum(tmp_path_factory, first_deploy, secrets, lab):
+    if lab.release != "bookworm":
+        pytest.fail("this scenario is quorum mode on RabbitMQ 3.10; on Debian 13 quorum is the default "
+                    "and every other lab test covers it")
+    # Same secrets and scale as the lab's own inventory: only the queue mode and vhost differ.
+    path = inventory_variant(tmp_path_factory.mktemp("quorum"), (
+        "  mirrors: majority                  # with mirrored queues: majority | all | a number of nodes\n",
+        f"  queue_mode: quorum\n  vhost: {VHOST}\n"))
     out = fab("deploy", "--inventory", str(path)).stdout
-    from deploy.celery_env import celery_env
     from deploy.inventory import load_inventory
     inv = load_inventory(path)
-    settings = celery_env(inv, secrets["rabbitmq_app_password"], secrets["redis_password"])
+    settings = client_env(path, path.parent / "client")
     return {"path": path, "inv": inv, "out": out, "settings": settings,
             "urls": settings["CELERY_BROKER_URL"].split(";")}
 
 
-def test_quorum_deploy_has_no_ha_policy_and_is_idempotent(quorum, secrets):
+def test_quorum_deploy_has_a_delivery_limit_policy_and_is_idempotent(quorum, secrets):
     assert f"vhost {VHOST}" in quorum["out"]
-    assert api(quorum["inv"], secrets, "/policies/%2Fcelery-quorum") == []
+    (policy,) = api(quorum["inv"], secrets, "/policies/%2Fcelery-quorum")
+    assert "ha-mode" not in policy["definition"] and policy["definition"]["delivery-limit"] == 4
     again = fab("deploy", "--inventory", str(quorum["path"])).stdout
     assert summary_rows(again) == {h.name: ("unchanged", 0) for h in quorum["inv"].hosts}
 

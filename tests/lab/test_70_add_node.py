@@ -3,19 +3,13 @@ a node added to the inventory joins on the next deploy; a removed one leaves cle
 import json
 from dataclasses import replace
 
-import testinfra
-
 from brokerutil import api, wait_for
-from conftest import DEPLOY_USER, INVENTORY, PROJECT, fab, summary_rows
+from conftest import fab, inventory_variant, lab_host, summary_rows
 from deploy.lab import runtime
 
 
 def inventory_with_node4(tmp_path):
-    text = INVENTORY.read_text().replace("key: .state/lab/id_ed25519", f"key: {PROJECT}/.state/lab/id_ed25519")
-    text = text.replace("\nrabbitmq:\n", "  node4:\n    address: 10.77.0.14\n    roles: [rabbitmq]\n\nrabbitmq:\n", 1)
-    path = tmp_path / "inventory.yaml"
-    path.write_text(f"state_dir: {PROJECT}/.state\n" + text)
-    return path
+    return inventory_variant(tmp_path, ("\nrabbitmq:\n", "  node4:\n    address: 10.77.0.14\n    roles: [rabbitmq]\n\nrabbitmq:\n"))
 
 
 def running_nodes(host) -> set[str]:
@@ -36,7 +30,7 @@ def test_node_added_to_inventory_joins_and_removed_node_leaves(lab, hosts, inv, 
 
     # Removal, as documented: the node resets itself out of the cluster, then the
     # inventory without it is deployed (node list, mirror count and broker URLs follow).
-    node4 = testinfra.get_host(f"paramiko://{DEPLOY_USER}@10.77.0.14", ssh_identity_file=str(lab.key_path))
+    node4 = lab_host(lab, "10.77.0.14")
     assert node4.run("sudo rabbitmqctl stop_app && sudo rabbitmqctl reset").rc == 0
     three = {f"rabbit@node{i}" for i in range(1, 4)}
     wait_for(lambda: running_nodes(hosts["node1"]) == three, 60, "node4 gone from the cluster")

@@ -56,5 +56,5 @@ def test_stdin_is_not_part_of_the_command_line():
 def test_lock_owner_goes_on_stdin_with_its_token():
     from deploy.lock import Owner
     c = acquire_cmd(Owner("t0k3n", "alice@ctl pid 1"))
-    assert "alice" not in c.shell() and c.stdin == b"t0k3n\nalice@ctl pid 1\n"
+    assert "alice" not in c.shell() and c.stdin == b"alice@ctl pid 1\ntoken t0k3n\n"
     assert "mkdir /run/celery-kit.lock" in c.argv[2]

@@ -22,14 +22,14 @@ class LockHost:
         if "mkdir" in c.argv[2]:
             if self.held_by:
                 return Result(75, self.held_by + "\n", "")
-            self.held_by = c.stdin.decode().splitlines()[1]
+            self.held_by = c.stdin.decode().splitlines()[0]
             return Result(0, "", "")
         return Result(0, "", "")
 
 
 def test_release_removes_only_a_lock_that_holds_our_token():
     c = lock.release_cmd(lock.Owner("abc123", "me"))
-    assert c.argv[-1] == "abc123" and 'head -n 1 /run/celery-kit.lock/owner' in c.argv[2]
+    assert c.argv[-1] == "abc123" and 'grep -qx "token $1" /run/celery-kit.lock/owner' in c.argv[2]
     assert "rm -rf /run/celery-kit.lock" in c.argv[2]
     assert lock.break_cmd().argv == ("rm", "-rf", "/run/celery-kit.lock")
 

@@ -66,7 +66,7 @@ def test_run_locks_runs_unlocks_closes_and_reports(hosts, tmp_path):
     e = runner.run(INV, [Touch()], progress=out_progress(log))
     for s in hosts.values():
         kinds = [c.argv[2].split()[0] if c.argv[0] == "sh" else c.argv[0] for c in s.ran]
-        assert kinds == ["mkdir", "touch", "["]          # lock, the change, owner-checked release
+        assert kinds == ["mkdir", "touch", "grep"]       # lock, the change, owner-checked release
         assert s.closed
     rows = [line.split() for line in log.read_text().splitlines()]
     assert ["node1", "changed", "1"] in rows and ["node3", "changed", "1"] in rows

@@ -16,18 +16,26 @@ def inv():
     return load_inventory(os.environ.get("CELERYKIT_INVENTORY", "inventory.yaml"))
 
 
-def _connect(h):
-    kw = {"ssh_identity_file": str(h.ssh.key)} if h.ssh.key else {}
-    return testinfra.get_host(f"paramiko://{h.ssh.user}@{h.address}:{h.ssh.port}", sudo=True, **kw)
+def _connect(h, known_hosts):
+    """testinfra over the kit's own SSH connection: the inventory's known_hosts is checked
+    exactly as for `fab deploy` (no trust on first use)."""
+    from deploy.transport import Session
+    s = Session(h, known_hosts)
+    host = testinfra.get_host(f"paramiko://{h.ssh.user}@{h.address}:{h.ssh.port}", sudo=True)
+    host.backend.__dict__["client"] = s.connection().client      # testinfra's cached_property
+    return host
 
 
 @pytest.fixture(scope="session")
 def connect(inv):
     cache = {}
 
+    from deploy.runner import known_hosts
+    keys = known_hosts(inv)
+
     def get(host):
         if host.name not in cache:
-            cache[host.name] = _connect(host)
+            cache[host.name] = _connect(host, keys)
         return cache[host.name]
     return get
 
