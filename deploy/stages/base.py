@@ -1,5 +1,6 @@
 """Base stage, every host: names of all inventory hosts in /etc/hosts, the apt proxy,
-the packages the host's roles need (one apt transaction), and the service users."""
+the packages the host's roles need and nftables for the kit's firewall (one apt
+transaction), and the service users."""
 from __future__ import annotations
 
 import ipaddress
@@ -28,8 +29,10 @@ USERS = {"worker": {"celery": "/var/lib/celery"}, "beat": {"celery": "/var/lib/c
          "flower": {"flower": "/var/lib/flower"}}
 
 
-def packages_for(host) -> list[str]:
-    return sorted({p for role in host.roles for p in PACKAGES[role]})
+def packages_for(inv, host) -> list[str]:
+    # nftables: the firewall stage's ruleset, on every host unless the kit leaves it alone.
+    extra = {"nftables"} if inv.firewall.enabled else set()
+    return sorted({p for role in host.roles for p in PACKAGES[role]} | extra)
 
 
 def users_for(host) -> dict[str, str]:
@@ -80,7 +83,7 @@ class Base(Stage):
         return list(inv.hosts)
 
     def facts(self, ctx, host) -> list:
-        return [F.files([PROXY_CONF]), F.packages(packages_for(host)),
+        return [F.files([PROXY_CONF]), F.packages(packages_for(ctx.inv, host)),
                 F.users(list(users_for(host)) or ["root"]), F.file_content("hosts", "/etc/hosts")]
 
     def prepare(self, ctx, facts: dict) -> dict[str, str]:
@@ -97,6 +100,6 @@ class Base(Stage):
             steps += file_changes([managed(PROXY_CONF, proxy_conf(inv.apt.proxy))], facts["files"])
         elif PROXY_CONF in facts["files"]:
             steps.append(Change(f"remove {PROXY_CONF}", [C.cmd("rm", "-f", PROXY_CONF)]))
-        steps += package_changes(packages_for(host), facts["packages"])
+        steps += package_changes(packages_for(inv, host), facts["packages"])
         steps += user_changes(users_for(host), facts["users"])
         return Plan(steps)

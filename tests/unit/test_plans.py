@@ -82,7 +82,9 @@ def test_hosts_file_replaces_an_outdated_block_and_keeps_the_rest():
 
 def test_packages_and_users_follow_roles():
     h = NS(roles=frozenset({"rabbitmq", "worker"}))
-    assert packages_for(h) == ["python3", "python3-venv", "rabbitmq-server"]
+    assert packages_for(NS(firewall=NS(enabled=False)), h) == ["python3", "python3-venv", "rabbitmq-server"]
+    assert packages_for(NS(firewall=NS(enabled=True)), h) == ["nftables", "python3", "python3-venv",
+                                                              "rabbitmq-server"]
     assert users_for(h) == {"celery": "/var/lib/celery"}
 
 

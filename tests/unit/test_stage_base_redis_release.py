@@ -32,7 +32,7 @@ def base_facts(name, hosts_text=None, packages=None, users=None, proxy=None):
     h = INV.host(name)
     text = hosts_text if hosts_text is not None else B.hosts_file("127.0.0.1\tlocalhost\n", INV, ADDRESSES.get)
     return {"files": proxy or {}, "packages": packages if packages is not None else
-            {p: "1" for p in B.packages_for(h)}, "users": users if users is not None else set(B.users_for(h)),
+            {p: "1" for p in B.packages_for(INV, h)}, "users": users if users is not None else set(B.users_for(h)),
             "hosts": text}
 
 
@@ -47,7 +47,7 @@ def test_base_in_sync_is_empty():
 def test_base_on_a_fresh_host():
     f = base_facts("node2", hosts_text="127.0.0.1\tlocalhost\n127.0.1.1\tnode2\n", packages={}, users=set())
     plan = B.Base().plan(CTX, INV.host("node2"), f, env(prepared=ADDRESSES))
-    assert whats(plan) == ["file /etc/hosts", "packages " + " ".join(B.packages_for(INV.host("node2"))),
+    assert whats(plan) == ["file /etc/hosts", "packages " + " ".join(B.packages_for(INV, INV.host("node2"))),
                            "system user celery"]
     hosts = plan.steps[0].file.content.decode()
     assert "127.0.1.1" not in hosts and "192.0.2.13\tnode3" in hosts
