@@ -15,12 +15,13 @@ from pathlib import Path
 from types import SimpleNamespace as NS
 
 import pytest
+from invoke.exceptions import Exit
 
-from deploy import commands, logs
+from deploy import commands, logs, tasks
 from deploy.commands import mask
 from deploy.transport import Result
 
-from kit import RECORDED, inventory
+from kit import FIXTURES, RECORDED, inventory
 
 INV = inventory()
 JOURNAL = RECORDED / "journal"
@@ -621,3 +622,64 @@ def test_sigint_while_following_a_real_channel_ends_cleanly(loopback):
     problems, interrupted = logs.follow({"node2": stream}, write, lambda s: None, delay=0, poll=0.05)
     assert interrupted and problems == [] and len(seen) == 6
     assert gone(int(pid_file.read_text()))
+
+
+# The task ------------------------------------------------------------------------------------
+
+def c():
+    from fabric import Config
+    from invoke import Context
+    return Context(config=Config())
+
+
+FIXTURE = str(FIXTURES / "inventory.yaml")
+
+
+def test_the_task_checks_its_arguments_before_connecting(monkeypatch):
+    monkeypatch.setattr(logs, "show", lambda *a, **kw: pytest.fail("connected"))
+    with pytest.raises(Exit) as caught:
+        tasks.logs(c(), unit=["wroker"], inventory=FIXTURE)
+    assert caught.value.code == 2 and "did you mean 'worker'" in caught.value.message
+    with pytest.raises(Exit, match="--lines must be a whole number"):
+        tasks.logs(c(), lines="many", inventory=FIXTURE)
+    with pytest.raises(Exit, match="--host: no host named node7"):
+        tasks.logs(c(), host=["node7"], inventory=FIXTURE)
+
+
+def test_the_task_passes_the_request_and_turns_the_outcome_into_an_exit_code(monkeypatch):
+    from deploy import cli
+    seen = []
+    monkeypatch.setattr(logs, "show", lambda inv, req, opts: seen.append((req, opts)) or 0)
+    cli._CORE_HOSTS[:] = ["node3"]
+    try:
+        tasks.logs(c(), host=["node2"], unit=["worker"], since="5 min ago", follow=True, lines="0",
+                   inventory=FIXTURE)
+    finally:
+        cli._CORE_HOSTS[:] = []
+    req, opts = seen[0]
+    assert list(req.units) == ["node2", "node3"] and req.follow and req.lines == 0
+    assert req.since == "5 min ago"
+    monkeypatch.setattr(logs, "show", lambda inv, req, opts: 1)
+    with pytest.raises(Exit) as caught:
+        tasks.logs(c(), inventory=FIXTURE)
+    assert caught.value.code == 1 and "could not be read" in caught.value.message
+    monkeypatch.setattr(logs, "show", lambda inv, req, opts: 130)
+    with pytest.raises(Exit) as caught:
+        tasks.logs(c(), inventory=FIXTURE)
+    assert caught.value.code == 130 and not caught.value.message
+
+
+def test_fab_logs_parses_its_flags():
+    import fabfile
+    from invoke.parser import Parser
+    assert "logs" in fabfile.ns.task_names
+    parsed = Parser(contexts=fabfile.ns.to_contexts()).parse_argv(
+        ["logs", "-u", "worker", "--unit", "beat", "--host", "node2,node3", "--host", "node1",
+         "-s", "5 min ago", "-f", "--lines", "20", "-i", "x.yaml"])
+    args = {k: v.value for k, v in parsed[0].args.items()}
+    assert args == {"host": ["node2,node3", "node1"], "unit": ["worker", "beat"], "since": "5 min ago",
+                    "follow": True, "lines": "20", "inventory": "x.yaml"}
+    names = {a.name: set(a.names) for a in tasks.logs.get_arguments()}
+    assert names["unit"] == {"unit", "u"} and names["since"] == {"since", "s"}
+    assert names["follow"] == {"follow", "f"} and names["inventory"] == {"inventory", "i"}
+    assert names["host"] == {"host"} and names["lines"] == {"lines"}
