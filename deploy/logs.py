@@ -22,6 +22,7 @@ import itertools
 import json
 import queue
 import re
+import signal
 import sys
 import threading
 import time
@@ -478,8 +479,11 @@ def follow(streams: dict[str, Stream], write: Callable[[Record], None],
     for host, stream in streams.items():
         threading.Thread(target=pump, args=(host, stream), daemon=True, name=f"logs-{host}").start()
     running, problems, reorder, interrupted = set(streams), [], Reorder(delay), False
+    due: deque = deque()             # released by the buffer, not printed yet
+    ctrl_c = threading.Event()
+    restore = _on_ctrl_c(ctrl_c)
     try:
-        while running:
+        while running and not ctrl_c.is_set():
             try:
                 event = events.get(timeout=poll)
                 while True:
@@ -496,25 +500,50 @@ def follow(streams: dict[str, Stream], write: Callable[[Record], None],
                     event = events.get_nowait()
             except queue.Empty:
                 pass
-            for record in reorder.ready(clock()):
-                write(record)
-    except KeyboardInterrupt:
+            due.extend(reorder.ready(clock()))
+            while due:
+                write(due.popleft())
+    except KeyboardInterrupt:        # a second Ctrl-C, or not in the main thread
         interrupted = True
     finally:
+        restore()
         for stream in streams.values():
             try:
                 stream.stop()
             except Exception:
                 pass
-    for record in reorder.drain():              # what had arrived already
+    while True:                                 # what had arrived already is still printed
+        try:
+            kind, _, value, arrived = events.get_nowait()
+        except queue.Empty:
+            break
+        if kind == "record":
+            reorder.push(value, arrived)
+    for record in [*due, *reorder.drain()]:
         write(record)
-    return problems, interrupted
+    return problems, interrupted or ctrl_c.is_set()
+
+
+def _on_ctrl_c(flag: threading.Event) -> Callable[[], None]:
+    """While following, the first Ctrl-C only sets `flag` (the loop ends at its next turn, no
+    line half-handled); a second one raises KeyboardInterrupt at once. Returns the undo."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        if flag.is_set():
+            raise KeyboardInterrupt
+        flag.set()
+
+    signal.signal(signal.SIGINT, handler)
+    return lambda: signal.signal(signal.SIGINT, previous)
 
 
 # The task's work ----------------------------------------------------------------------------
 
 def show(inv, req: Request, opts: runner.Options = runner.Options(), *, sessions: dict | None = None,
-         open_stream: Callable = ChannelStream, out=None, err=None, tz: tzinfo | None = None,
+         open_stream: Callable | None = None, out=None, err=None, tz: tzinfo | None = None,
          delay: float = 1.0) -> int:
     """Print the request's journals to `out` (notes and problems to `err`); the exit code:
     0, 1 when some host could not be read, 130 for Ctrl-C before a (non-following) read ended;
@@ -539,7 +568,7 @@ def show(inv, req: Request, opts: runner.Options = runner.Options(), *, sessions
     problems: list[str] = []
     try:
         if req.follow:
-            streams, problems = _open_streams(sessions, req, opts, open_stream)
+            streams, problems = _open_streams(sessions, req, opts, open_stream or ChannelStream)
             for p in problems:
                 say(p)
             more, _ = follow(streams, write, say, delay=delay) if streams else ([], False)

@@ -352,6 +352,22 @@ def test_ctrl_c_ends_following_cleanly_and_stops_every_channel():
     assert len(seen) >= 3        # the lines that had arrived are printed, not lost
 
 
+def test_the_first_ctrl_c_asks_following_to_end_and_a_second_one_aborts():
+    import signal
+    flag = threading.Event()
+    restore = logs._on_ctrl_c(flag)
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)
+        assert flag.is_set()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+    finally:
+        restore()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 class FakeChannel:
     def __init__(self, out: list[bytes], err: bytes = b"", rc: int = 0):
         self.out, self.err, self.rc = list(out), err, rc
@@ -683,3 +699,48 @@ def test_fab_logs_parses_its_flags():
     assert names["unit"] == {"unit", "u"} and names["since"] == {"since", "s"}
     assert names["follow"] == {"follow", "f"} and names["inventory"] == {"inventory", "i"}
     assert names["host"] == {"host"} and names["lines"] == {"lines"}
+
+
+FAB_FOLLOW = '''
+import sys, threading
+sys.path[:0] = [{root!r}, {tests!r}]
+from types import SimpleNamespace as NS
+from deploy import logs
+from test_logs import FakeStream, recorded, split_anywhere
+
+class Session:
+    def __init__(self, host, *a):
+        self.host, self.name = host, host.name
+    def where(self):
+        return self.name
+    def close(self):
+        pass
+
+logs.Session = Session
+logs.ChannelStream = lambda s, command, timeout: FakeStream(split_anywhere(recorded(s.name)), hang=True)
+from fabric.main import make_program
+make_program().run(["fab", "--search-root", {root!r}, "logs", "--follow", "-i", {inventory!r}])
+'''
+
+
+def test_ctrl_c_ends_fab_logs_follow_with_0_and_no_traceback(tmp_path):
+    """The whole fab process, its SSH channels faked: SIGINT as a terminal's Ctrl-C sends it."""
+    import signal
+    import sys
+    inv_file = tmp_path / "inventory.yaml"
+    inv_file.write_text((FIXTURES / "inventory.yaml").read_text().replace("path: project",
+                                                                          f"path: {FIXTURES / 'project'}"))
+    root = Path(__file__).resolve().parents[2]
+    script = FAB_FOLLOW.format(root=str(root), tests=str(Path(__file__).parent), inventory=str(inv_file))
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         stdin=subprocess.DEVNULL, cwd=tmp_path)
+    try:
+        first = p.stdout.readline()
+        assert b" | " in first, p.stderr.read()
+        p.send_signal(signal.SIGINT)
+        p.wait(10)
+    finally:
+        p.kill()
+    out, err = p.stdout.read(), p.stderr.read()     # not communicate(): readline() read ahead
+    assert p.returncode == 0 and err == b""
+    assert len((first + out).decode().splitlines()) == 22
