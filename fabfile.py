@@ -5,7 +5,7 @@ from deploy import tasks
 from deploy.lab.tasks import lab
 
 ns = Collection(lab, tasks.rabbitmq, tasks.deploy, tasks.scale_workers, tasks.rollback,
-                tasks.client_env, tasks.status, tasks.flower, tasks.verify, tasks.unlock,
+                tasks.client_env, tasks.status, tasks.logs, tasks.flower, tasks.verify, tasks.unlock,
                 tasks.trust_hosts)
-# Fabric's -H would run every task once per host; the kit reads it as a host limit instead.
-ns.configure({"tasks": {"executor_class": "deploy.cli.Executor"}})
+# Fabric's -H would run every task once per host; the kit reads it as a host limit instead:
+# fabric.yaml names the kit's executor (a collection's configuration comes too late for that).

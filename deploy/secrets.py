@@ -97,6 +97,19 @@ class SecretStore:
         register_secret(value)
         return Secret(name, value)
 
+    def register_known(self) -> int:
+        """Register every secret there is for masking, without generating or writing any: the
+        values in the secrets file and in CELERYKIT_SECRET_* variables (both, since hosts may
+        still hold a value the environment now overrides). For read-only tasks that print what
+        hosts say (`fab logs`). Returns how many values were registered."""
+        with self._lock:
+            values = list(self._load().values())
+        values += [v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)]
+        known = [v for v in values if isinstance(v, str) and v]
+        for value in known:
+            register_secret(value)
+        return len(known)
+
     def _save(self, values: dict[str, str]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")

@@ -10,7 +10,7 @@ import paramiko
 from invoke import Collection
 from invoke.exceptions import Exit
 
-from . import hostkeys, lock, operate, runner, status as health
+from . import hostkeys, lock, logs as journal, operate, runner, status as health
 from .cli import kit_task, number, options
 from .commands import mask
 from .errors import DeployFailed
@@ -91,6 +91,31 @@ def status(c, check=False, inventory=DEFAULT_INVENTORY):
     print("\n" + flower.dashboard_info(inv))
     if check and result.problems:
         raise Exit(f"status: {len(result.problems)} problem(s)", code=1)
+
+
+@kit_task(iterable=["host", "unit"], help={
+    **INV,
+    "host": "read only this host (repeat, or a comma list; also fab -H); default: all hosts",
+    "unit": f"only these units: {', '.join(journal.SHORT)}, or a unit name or glob "
+            "(repeat, or a comma list); default: the kit's units each host runs",
+    "since": "from this time on, as journalctl takes it: '10 min ago', '2026-11-28 10:00', yesterday",
+    "follow": "keep printing new lines as they come, until Ctrl-C",
+    "lines": f"the last N entries of each host (default {journal.DEFAULT_LINES}, "
+             f"{journal.DEFAULT_FOLLOW_LINES} before following)"})
+def logs(c, host=None, unit=None, since=None, follow=False, lines=None, inventory=DEFAULT_INVENTORY):
+    """The hosts' journals merged by time, each line prefixed with host and unit; secrets masked."""
+    n = number(lines, "--lines", 0, journal.MAX_LINES)
+    inv = load(inventory)
+    opts = options(c)
+    try:
+        req = journal.request(inv, host or (), opts.hosts or (), unit or (), since, n, follow)
+    except journal.UsageError as exc:
+        raise Exit(str(exc), code=2)
+    code = guarded(lambda: journal.show(inv, req, opts))
+    if code == 130:                      # Ctrl-C before a read ended (it said so)
+        raise Exit(code=130)
+    if code:
+        raise Exit("logs: some hosts could not be read (see above)", code=code)
 
 
 @kit_task(help=INV)

@@ -1,4 +1,5 @@
 """Secrets: generated once, stored 0600, overridable from the environment, never printed."""
+import os
 import stat
 
 import pytest
@@ -87,3 +88,17 @@ def test_generated_secrets_meet_the_rule(tmp_path):
         assert SAFE.fullmatch(store.get(name, length).reveal())
     with pytest.raises(ValueError, match="at least 16"):
         store.get("c_password", 15)
+
+
+def test_register_known_masks_stored_and_environment_values_without_generating(tmp_path, monkeypatch):
+    path = tmp_path / "s.yaml"
+    stored = SecretStore(path).get("stored_password").reveal()
+    before = path.read_text()
+    for name in [k for k in os.environ if k.startswith("CELERYKIT_SECRET_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("CELERYKIT_SECRET_OTHER_PASSWORD", "env-only-value-0123456789")
+    assert SecretStore(path).register_known() == 2
+    assert path.read_text() == before                      # nothing generated or written
+    assert mask(f"a {stored} b env-only-value-0123456789") == "a ******** b ********"
+    assert SecretStore(tmp_path / "none.yaml").register_known() == 1
+    assert not (tmp_path / "none.yaml").exists()

@@ -187,3 +187,20 @@ def test_plain_progress_prints_start_and_end_of_long_steps_masked(tmp_path):
     text = out.read_text()
     assert "node1: apt install ******** ..." in text and "done (" in text
     assert "node2: upload FAILED" in text and "very-secret" not in text
+
+
+def test_fab_runs_a_task_once_with_h_as_its_host_limit(monkeypatch):
+    """Through fab itself: fabric.yaml must name the kit's executor, or Fabric's would run the
+    task once per -H host, each time for the whole inventory."""
+    from pathlib import Path
+    from fabric.main import make_program
+    from kit import FIXTURES
+    seen = []
+    monkeypatch.setattr(runner, "connect_all", lambda inv, opts: seen.append(opts.hosts) or {})
+    root = Path(__file__).resolve().parents[2]
+    try:
+        make_program().run(["fab", "--search-root", str(root), "-H", "node2,node3", "unlock",
+                            "-i", str(FIXTURES / "inventory.yaml")], exit=False)
+    finally:
+        cli._CORE_HOSTS[:] = []
+    assert seen == [("node2", "node3")]
