@@ -7,7 +7,11 @@ import sys
 import time
 from pathlib import Path
 
+from celery.utils.log import get_task_logger
+
 from .celery import app
+
+logger = get_task_logger(__name__)
 
 
 @app.task
@@ -33,8 +37,12 @@ def fail(message="failed on purpose"):
 
 
 @app.task(bind=True)
-def record_id(self, tag=None):
-    """Returns who ran it: for accounting of lost or duplicated tasks."""
+def record_id(self, tag=None, seconds=0):
+    """Returns who ran it, and logs one line per execution: the fault suite counts lost
+    tasks from the results and duplicate executions from these lines."""
+    logger.info("chaos-exec %s", tag)
+    if seconds:
+        time.sleep(float(seconds))
     return {"id": self.request.id, "tag": tag, "hostname": self.request.hostname,
             "host": socket.gethostname(), "release": release_id()}
 

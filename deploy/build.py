@@ -12,9 +12,11 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,9 +116,17 @@ def build_wheel(project: Project, cache: Path) -> Path:
     if tmp.exists():
         for p in tmp.iterdir():
             p.unlink()
-    _run([_tool("uv"), "build", "--wheel", "--no-progress", "--quiet", "--out-dir", str(tmp),
-          "--python", sys.executable, "--build-constraint", str(BUILD_CONSTRAINTS), str(project.path)],
-         f"building the wheel of {project.path}", env={"SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH})
+    # Built from a clean copy of the project's files: a build backend reuses leftovers of
+    # earlier builds (setuptools' build/lib), which would ship files that no longer exist,
+    # and building in place would litter the user's project with build/ and *.egg-info.
+    with tempfile.TemporaryDirectory(prefix="celery-kit-build-") as src:
+        for f in project_files(project.path):
+            dest = Path(src) / f.relative_to(project.path)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, dest)
+        _run([_tool("uv"), "build", "--wheel", "--no-progress", "--quiet", "--out-dir", str(tmp),
+              "--python", sys.executable, "--build-constraint", str(BUILD_CONSTRAINTS), src],
+             f"building the wheel of {project.path}", env={"SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH})
     wheels = sorted(tmp.glob("*.whl"))
     if len(wheels) != 1:
         raise DeployFailed(f"building {project.path} gave {len(wheels)} wheels, expected one")

@@ -111,9 +111,13 @@ class Config(Stage):
         if steps and active:
             steps.append(Change(f"mark rabbit@{host.name} for a rolling restart", [C.cmd("touch", RESTART_PENDING)]))
         notes = []
-        if host.name == nodes(ctx.inv)[0] and not ctx.inv.rabbitmq.queue_mode and env.prepared["version"]:
-            notes.append(f"queue mode {env.prepared['mode']} (RabbitMQ {env.prepared['version']}; "
-                         "rabbitmq.queue_mode is not set)")
+        if host.name == nodes(ctx.inv)[0]:
+            if not ctx.inv.rabbitmq.queue_mode and env.prepared["version"]:
+                notes.append(f"queue mode {env.prepared['mode']} (RabbitMQ {env.prepared['version']}; "
+                             "rabbitmq.queue_mode is not set)")
+            warning = M.size_warning(len(nodes(ctx.inv)))
+            if warning:
+                notes.append(f"WARNING: {warning}")
         return Plan(steps, output={"restart": bool(steps) and active, **env.prepared}, notes=notes)
 
 

@@ -29,8 +29,8 @@ def test_authenticated_client_works_from_control_machine(inv, secrets, first_dep
 
 def test_from_a_worker_host_noauth_without_and_pong_with_password(inv, secrets, first_deploy):
     import shlex
-    from deploy.transport import Session
-    s = Session(inv.host("node2"))
+    from deploy import runner
+    s = runner.connect_all(inv, only=["node2"])["node2"]
     command = shlex.join(["python3", "-c", RESP, redis_host(inv).address])
     try:
         assert "NOAUTH" in s.exec(command, stdin=b"\n").stdout

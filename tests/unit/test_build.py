@@ -51,6 +51,15 @@ def test_wheel_is_built_by_the_standard_builder_with_package_data_and_reproducib
     assert build.build_wheel(project, tmp_path / "cache-a") == wheel   # cached
 
 
+def test_leftovers_of_an_earlier_build_are_never_shipped(project, tmp_path):
+    stale = project.path / "build" / "lib" / "tasks" / "stale.py"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("GONE = True\n")
+    names = zipfile.ZipFile(build.build_wheel(project, tmp_path / "cache")).namelist()
+    assert "tasks/stale.py" not in names
+    assert not list(project.path.glob("*.egg-info"))          # the project is not written to
+
+
 def test_a_broken_project_fails_with_the_builders_message(project, tmp_path):
     (project.path / "pyproject.toml").write_text("[project\nname=")
     with pytest.raises(DeployFailed, match="building the wheel of"):
