@@ -1,13 +1,17 @@
-# Two entry points for a fresh Debian 12 machine (as root):
-#   make demo   set up, boot the lab, deploy the cluster into it, print a summary
-#   make test   set up, run every test (unit + lab)
+# Entry points for a fresh Debian 12 machine (as root):
+#   make demo    set up, boot the lab, deploy the cluster into it, print a summary
+#   make test    set up, run every test: unit tests (with coverage), then on a Debian 12 lab
+#                and on a Debian 13 lab the lab tests and the fault suite
+#   make chaos   the fault suite alone, on the lab of $(RELEASE)
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 FAB := $(VENV)/bin/fab
+PYTEST := $(VENV)/bin/pytest -ra -p no:cacheprovider
+RELEASE ?= bookworm
 APT_PACKAGES := debootstrap systemd-container tinyproxy openssh-client python3-venv iproute2 chromium chromium-driver
 
-.PHONY: setup system venv demo test unit lab-up lab-down
+.PHONY: setup system venv demo test unit lab-tests chaos lab-up lab-down
 
 setup: system venv
 
@@ -28,18 +32,30 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	touch $@
 
 demo: setup
-	$(FAB) lab.up
+	$(FAB) lab.up --release $(RELEASE)
 	$(FAB) deploy
 	$(FAB) status
 
-test: setup
-	$(VENV)/bin/pytest -ra
-
+# Unit tests measure the coverage of deploy/ (at least 85 %, see pyproject.toml).
 unit: venv
-	$(VENV)/bin/pytest -ra tests/unit
+	$(VENV)/bin/coverage run -m pytest -ra -p no:cacheprovider tests/unit
+	$(VENV)/bin/coverage report
+
+# One lab per release, one deploy per scenario: the lab tests, then the fault suite on the
+# same cluster, then the lab comes down.
+lab-tests: setup
+	$(FAB) lab.down
+	CELERYKIT_LAB_RELEASE=$(RELEASE) $(PYTEST) tests/lab tests/chaos tests/teardown
+
+test: unit
+	$(MAKE) lab-tests RELEASE=bookworm
+	$(MAKE) lab-tests RELEASE=trixie
+
+chaos: setup
+	CELERYKIT_LAB_RELEASE=$(RELEASE) $(PYTEST) tests/chaos
 
 lab-up: setup
-	$(FAB) lab.up
+	$(FAB) lab.up --release $(RELEASE)
 
 lab-down: venv
 	$(FAB) lab.down

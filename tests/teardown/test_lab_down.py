@@ -1,4 +1,4 @@
-"""Runs last (file order, 99): the lab comes down without leaving anything behind."""
+"""Runs last: the lab comes down without leaving anything behind, even after a crash."""
 
 from deploy.lab import procs, runtime
 
