@@ -28,8 +28,12 @@ USERS = {"worker": {"celery": "/var/lib/celery"}, "beat": {"celery": "/var/lib/c
          "flower": {"flower": "/var/lib/flower"}}
 
 
-def packages_for(host) -> list[str]:
-    return sorted({p for role in host.roles for p in PACKAGES[role]})
+SENTINEL_PACKAGES = ["redis-sentinel"]     # on Inventory.sentinel_hosts()
+
+
+def packages_for(host, inv) -> list[str]:
+    extra = SENTINEL_PACKAGES if host in inv.sentinel_hosts() else []
+    return sorted({p for role in host.roles for p in PACKAGES[role]} | set(extra))
 
 
 def users_for(host) -> dict[str, str]:
@@ -80,7 +84,7 @@ class Base(Stage):
         return list(inv.hosts)
 
     def facts(self, ctx, host) -> list:
-        return [F.files([PROXY_CONF]), F.packages(packages_for(host)),
+        return [F.files([PROXY_CONF]), F.packages(packages_for(host, ctx.inv)),
                 F.users(list(users_for(host)) or ["root"]), F.file_content("hosts", "/etc/hosts")]
 
     def prepare(self, ctx, facts: dict) -> dict[str, str]:
@@ -97,6 +101,6 @@ class Base(Stage):
             steps += file_changes([managed(PROXY_CONF, proxy_conf(inv.apt.proxy))], facts["files"])
         elif PROXY_CONF in facts["files"]:
             steps.append(Change(f"remove {PROXY_CONF}", [C.cmd("rm", "-f", PROXY_CONF)]))
-        steps += package_changes(packages_for(host), facts["packages"])
+        steps += package_changes(packages_for(host, inv), facts["packages"])
         steps += user_changes(users_for(host), facts["users"])
         return Plan(steps)

@@ -82,8 +82,11 @@ def test_hosts_file_replaces_an_outdated_block_and_keeps_the_rest():
 
 def test_packages_and_users_follow_roles():
     h = NS(roles=frozenset({"rabbitmq", "worker"}))
-    assert packages_for(h) == ["python3", "python3-venv", "rabbitmq-server"]
+    assert packages_for(h, NS(sentinel_hosts=lambda: ())) == ["python3", "python3-venv", "rabbitmq-server"]
     assert users_for(h) == {"celery": "/var/lib/celery"}
+    # With Sentinel (more than one redis host): on every redis and rabbitmq host.
+    assert packages_for(h, NS(sentinel_hosts=lambda: (h,))) == ["python3", "python3-venv", "rabbitmq-server",
+                                                                "redis-sentinel"]
 
 
 def test_hosts_file_resolves_dns_names_to_addresses():

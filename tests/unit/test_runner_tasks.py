@@ -108,7 +108,7 @@ def test_pipelines_are_data():
     from deploy import pipeline
     assert [s.name for s in pipeline.deploy()] == [
         "base", "rabbitmq config", "rabbitmq first start", "rabbitmq nodes", "rabbitmq vhost, users, policy",
-        "redis", "release", "workers (rolling)", "flower"]
+        "redis", "redis sentinel", "release", "workers (rolling)", "flower"]
     assert [s.name for s in pipeline.rollback()] == ["rabbitmq version", "previous release", "workers (rolling)",
                                                      "flower"]
     info = pipeline.ClusterInfo().plan(NS(inv=INV), INV.host("node1"), {"packages": {"rabbitmq-server": "4.0.5-6"}}, None)
