@@ -114,7 +114,8 @@ class MaskedDict(dict):
 def secrets(inv):
     from deploy.secrets import SecretStore
     store = SecretStore(inv.state_dir / "secrets.yaml")
-    names = ["rabbitmq_app_password", "rabbitmq_admin_password", "redis_password", "erlang_cookie"]
+    names = ["rabbitmq_app_password", "rabbitmq_admin_password", "redis_password", "redis_admin_password",
+             "erlang_cookie"]
     return MaskedDict({n: store.get(n).reveal() for n in names})
 
 
