@@ -8,6 +8,8 @@ import zlib
 from pathlib import Path
 from urllib.parse import quote
 
+from . import redis_model as RM
+
 CONFIG_MODULE = "celery_kit_config"
 CONFIG_SOURCE = Path(__file__).resolve().parent / "client" / f"{CONFIG_MODULE}.py"
 
@@ -44,14 +46,16 @@ def broker_start(inv, host=None, client: str | None = None) -> int:
 
 
 def result_backend_url(inv, password: str) -> str:
+    """Celery logs in as the kit's `celery` ACL user (redis_model.py), on Redis and, with
+    Sentinel, on the Sentinels too (celery_kit_config passes the URL's login to both)."""
     r = inv.redis
-    pw = quote(password, safe="")
+    login = f"{quote(RM.CELERY_USER, safe='')}:{quote(password, safe='')}"
     if inv.sentinel_hosts():
         # Sentinel: every sentinel is asked where the master is (see celery_kit_config).
-        return ";".join(f"sentinel://:{pw}@{url_host(h.address)}:{r.sentinel_port}/{r.db}"
+        return ";".join(f"sentinel://{login}@{url_host(h.address)}:{r.sentinel_port}/{r.db}"
                         for h in inv.sentinel_hosts())
     (host,) = inv.redis_hosts()
-    return f"redis://:{pw}@{url_host(host.address)}:{r.port}/{r.db}"
+    return f"redis://{login}@{url_host(host.address)}:{r.port}/{r.db}"
 
 
 def celery_env(inv, broker_password: str, redis_password: str, queue_mode: str = "mirrored",

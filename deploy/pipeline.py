@@ -5,7 +5,7 @@ from __future__ import annotations
 from . import facts as F
 from . import rabbitmq_model as M
 from .stage import Stage, StageEnv
-from .stages import base, firewall, flower, rabbitmq, redis, release, workers
+from .stages import base, firewall, flower, rabbitmq, redis, release, sentinel, workers
 from .steps import Plan
 
 
@@ -28,8 +28,9 @@ class ClusterInfo(Stage):
 def deploy() -> list[Stage]:
     # Firewall right after base (which installs nftables), before any service listens.
     # Workers before Flower: the workers stage marks a flower host whose release it switched.
-    return [base.Base(), firewall.Firewall(), *rabbitmq.STAGES, redis.Redis(), release.Release(), workers.Workers(),
-            flower.Flower()]
+    # Sentinel right after Redis: it monitors the master the redis stage set up.
+    return [base.Base(), firewall.Firewall(), *rabbitmq.STAGES, redis.Redis(), sentinel.Sentinel(),
+            release.Release(), workers.Workers(), flower.Flower()]
 
 
 def rollout(only: set[str] | None = None) -> list[Stage]:

@@ -3,7 +3,9 @@
 Facts per host (hosts' own tools, machine-readable output), then one pure function turns
 them into rows and a list of problems: RabbitMQ nodes not running, partitions, alarms,
 unsynchronised mirrors or offline quorum members, queues with messages but no consumer;
-Redis unreachable, failing AOF writes, evicted keys; workers not answering ping.
+Redis unreachable, failing AOF writes, evicted keys; with Sentinel, the master as the
+Sentinels see it, each replica's link, and Sentinels that are down, disagree or cannot reach
+a quorum; workers not answering ping.
 `fab status --check` exits non-zero when there is any problem (for cron and monitoring).
 """
 from __future__ import annotations
@@ -13,22 +15,13 @@ from pathlib import Path
 
 from . import facts as F
 from . import rabbitmq_model as M
+from . import redis_model as RM
 from .scale import host_scale
 from .stages import rabbitmq, release, workers
+from .stages import redis as redis_stage
 
 HOSTSCRIPTS = Path(__file__).resolve().parent / "hostscripts"
 QUEUES_SCRIPT = (HOSTSCRIPTS / "rabbitmq_queues.py").read_text()
-REDIS_SCRIPT = (HOSTSCRIPTS / "redis_health.sh").read_text()
-
-
-def parse_info(out: str, rc: int = 0) -> dict | None:
-    """redis-cli INFO -> {key: value}; None when Redis did not answer."""
-    info = {}
-    for line in out.splitlines():
-        if ":" in line and not line.startswith("#"):
-            k, _, v = line.strip().partition(":")
-            info[k] = v
-    return info if rc == 0 and "redis_version" in info else None
 
 
 def host_facts(inv, host) -> list[F.Fact]:
@@ -45,8 +38,9 @@ def host_facts(inv, host) -> list[F.Fact]:
             r = inv.rabbitmq
             out.append(F.json_command("queues", "python3", "-c", QUEUES_SCRIPT, M.USERS_FILE,
                                       str(r.management_port), r.vhost))
-    if host.has("redis"):
-        out.append(F.Fact("redis", ("sh", "-c", REDIS_SCRIPT, "redis", str(inv.redis.port)), parse_info))
+    if host.has("redis") or host in inv.sentinel_hosts():
+        # INFO of the local Redis, the local Sentinel's view (hostscripts/redis_state.sh).
+        out.append(redis_stage.state_fact(inv, host, "redis"))
     return out
 
 
@@ -82,7 +76,10 @@ def evaluate(inv, facts: dict[str, dict | None]) -> Health:
         if "queues" in f:
             _queues(h, inv, f["queues"])
         if host.has("redis"):
-            _redis(h, host, f.get("redis"))
+            state = f.get("redis") or {}
+            _redis(h, host, state.get("redis"), state.get("redis_error"))
+    if inv.sentinel_hosts():
+        _sentinels(h, inv, facts)
     return h
 
 
@@ -122,9 +119,9 @@ def _queues(h: Health, inv, queues) -> None:
                 h.problems.append(f"rabbitmq: queue {name} has {q['messages']} messages and no consumer")
 
 
-def _redis(h: Health, host, info: dict | None) -> None:
+def _redis(h: Health, host, info: dict | None, error: str | None = None) -> None:
     if info is None:
-        h.problems.append(f"redis on {host.name}: does not answer")
+        h.problems.append(f"redis on {host.name}: does not answer" + (f" ({error})" if error else ""))
         return
     h.notes.append(f"redis on {host.name}: {info.get('role')}, {info.get('used_memory_human')} used, "
                    f"{info.get('evicted_keys', '0')} evicted keys, AOF {'on' if info.get('aof_enabled') == '1' else 'off'}")
@@ -135,6 +132,74 @@ def _redis(h: Health, host, info: dict | None) -> None:
     if int(info.get("evicted_keys", "0") or 0):
         h.problems.append(f"redis on {host.name}: {info['evicted_keys']} keys evicted (results lost to "
                           "maxmemory; raise redis.maxmemory)")
+
+
+def _where(inv, addr: tuple[str, int]) -> str:
+    for host in inv.redis_hosts():
+        if (host.address, inv.redis.port) == addr:
+            return f"{host.name} ({addr[0]}:{addr[1]})"
+    return f"{addr[0]}:{addr[1]}"
+
+
+def _sentinels(h: Health, inv, facts: dict[str, dict | None]) -> None:
+    """The master as the Sentinels see it, each Sentinel's health, each replica's link."""
+    name = inv.redis.master_name
+    states = {x.name: (facts.get(x.name) or {}).get("redis") or {} for x in inv.sentinel_hosts()
+              if facts.get(x.name) is not None}
+    others = len(inv.sentinel_hosts()) - 1
+    for host in inv.sentinel_hosts():
+        if host.name not in states:
+            continue            # unreachable: said above
+        s = states[host.name].get("sentinel") or {}
+        view = s.get("master")
+        if not RM.address_of(view):
+            h.problems.append(f"sentinel on {host.name}: no master {name} known"
+                              + (f" ({s['error']})" if s.get("error") else ""))
+            continue
+        flags = set(view.get("flags", "").split(","))
+        if flags & {"s_down", "o_down", "disconnected"}:
+            h.problems.append(f"sentinel on {host.name}: sees the master {_where(inv, RM.address_of(view))} "
+                              f"down ({view.get('flags')})")
+        if not str(s.get("ckquorum", "")).startswith("OK"):
+            h.problems.append(f"sentinel on {host.name}: {s.get('ckquorum') or 'no quorum check'}")
+        seen = int(view.get("num-other-sentinels") or 0)
+        if seen != others:
+            h.problems.append(f"sentinel on {host.name}: sees {seen} other Sentinels, the inventory has {others}")
+    master, problem = RM.agreed_master(states)
+    if problem:
+        h.problems.append(f"redis: {problem}")
+    if master is None:
+        if not problem:
+            h.problems.append(f"redis: no Sentinel knows the master {name}")
+        return
+    where = _where(inv, master)
+    h.notes.append(f"redis master {name} (as the Sentinels see it): {where}; quorum {RM.quorum(inv)} "
+                   f"of {len(inv.sentinel_hosts())} Sentinels")
+    if where == f"{master[0]}:{master[1]}":
+        h.problems.append(f"redis: the Sentinels' master {where} is not a redis host of the inventory")
+    for host in inv.redis_hosts():
+        info = (states.get(host.name) or {}).get("redis")
+        if not info:
+            continue            # does not answer: said by _redis
+        role = info.get("role")
+        if (host.address, inv.redis.port) == master:
+            if role != "master":
+                h.problems.append(f"redis on {host.name}: the Sentinels' master, but it runs as {role}")
+            continue
+        if role != "slave":
+            h.problems.append(f"redis on {host.name}: runs as {role}, not as a replica of {where}")
+            continue
+        following = (info.get("master_host"), int(info.get("master_port") or 0))
+        link = info.get("master_link_status")
+        if following != master:
+            h.problems.append(f"redis on {host.name}: replicates {following[0]}:{following[1]}, "
+                              f"not the master {where}")
+        elif link != "up":
+            h.problems.append(f"redis on {host.name}: replica not linked to {where} "
+                              f"(master_link_status {link})")
+        else:
+            h.notes.append(f"redis replica on {host.name}: linked to {where}, last contact "
+                           f"{info.get('master_last_io_seconds_ago', '?')} s ago")
 
 
 def report(inv, opts) -> Health:
@@ -156,5 +221,5 @@ def report(inv, opts) -> Health:
             console.print(f"  {p}", markup=False)
     else:
         console.print("\nhealthy: every node running, no partition, no alarm, replicas in sync, "
-                      "Redis answering, every worker answering ping", markup=False)
+                      "Redis answering (with Sentinel: replicas linked), every worker answering ping", markup=False)
     return result

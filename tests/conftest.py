@@ -134,7 +134,7 @@ def secrets(inv):
     from deploy.secrets import SecretStore
     store = SecretStore(inv.state_dir / "secrets.yaml")
     names = ["rabbitmq_app_password", "rabbitmq_admin_password", "rabbitmq_monitoring_password",
-             "redis_password", "erlang_cookie"]
+             "redis_password", "redis_admin_password", "erlang_cookie"]
     return MaskedDict({n: store.get(n).reveal() for n in names})
 
 

@@ -78,12 +78,16 @@ redis_socket_keepalive = True
 redis_backend_health_check_interval = 25
 
 if result_backend.startswith("sentinel://"):
-    # The URL's password is Redis's; Sentinel is asked with sentinel_kwargs (same secret).
-    _password = unquote(urlsplit(result_backend.split(";")[0]).password or "")
+    # The URL's login (user and password) is the client's ACL user on Redis; the kit gives the
+    # same user, with discovery rights only, to the Sentinels, which are asked with
+    # sentinel_kwargs. Without the user name there, redis-py would log in to Sentinel as
+    # `default`, which the kit disables: every discovery would fail.
+    _url = urlsplit(result_backend.split(";")[0])
     result_backend_transport_options = {
         "master_name": _env.get("CELERY_REDIS_MASTER", "celery-kit"),
-        "sentinel_kwargs": {"password": _password or None, "socket_timeout": 5,
-                            "socket_connect_timeout": 5},
+        "sentinel_kwargs": {"username": unquote(_url.username or "") or None,
+                            "password": unquote(_url.password or "") or None,
+                            "socket_timeout": 5, "socket_connect_timeout": 5},
     }
 
 # Events, for Flower's dashboard.

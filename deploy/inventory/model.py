@@ -175,7 +175,8 @@ class Redis:
     maxmemory_policy: str = setting("str", one_of(*REDIS_POLICIES), default="volatile-ttl")
     appendonly: bool = setting("bool", default=True)
     appendfsync: str = setting("str", one_of("always", "everysec", "no"), default="everysec")
-    # FLUSHALL, CONFIG, ... stay disabled unless this is true.
+    # FLUSHALL, CONFIG, ... stay refused to every login unless this is true; then the kit's
+    # admin login (root-only on the redis host) may run them. Celery's login never may.
     allow_dangerous_commands: bool = setting("bool", default=False)
     db: int = setting("int", between(0, 15), default=0)
     # Only used with more than one redis host (see Inventory.sentinel_hosts): the port of

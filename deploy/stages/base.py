@@ -29,9 +29,14 @@ USERS = {"worker": {"celery": "/var/lib/celery"}, "beat": {"celery": "/var/lib/c
          "flower": {"flower": "/var/lib/flower"}}
 
 
+SENTINEL_PACKAGES = ["redis-sentinel"]     # on Inventory.sentinel_hosts()
+
+
 def packages_for(inv, host) -> list[str]:
     # nftables: the firewall stage's ruleset, on every host unless the kit leaves it alone.
     extra = {"nftables"} if inv.firewall.enabled else set()
+    if host in inv.sentinel_hosts():
+        extra |= set(SENTINEL_PACKAGES)
     return sorted({p for role in host.roles for p in PACKAGES[role]} | extra)
 
 

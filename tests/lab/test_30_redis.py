@@ -1,16 +1,22 @@
-"""Redis as the result backend: password required, reachable from workers and the
-control machine, results survive a restart, dangerous commands off."""
+"""Redis as the result backend: ACL logins only (Celery's `celery` user may touch Celery's keys
+with Celery's commands, nothing else), reachable from workers and the control machine,
+results survive a restart."""
 import redis as redis_py
 import pytest
 
-# A RESP client run on a worker host; the password arrives on stdin (never in argv).
+# A RESP client run on a worker host; the login arrives on stdin (never in argv).
 RESP = ("import socket,sys; pw=sys.stdin.read().strip(); s=socket.create_connection((sys.argv[1],6379),3); "
-        "s.sendall((f'AUTH {pw}\\r\\n' if pw else '').encode()+b'PING\\r\\n'); import time; time.sleep(0.3); "
+        "s.sendall((f'AUTH celery {pw}\\r\\n' if pw else '').encode()+b'PING\\r\\n'); import time; time.sleep(0.3); "
         "print(s.recv(200).decode())")
 
 
 def redis_host(inv):
     return inv.with_role("redis")[0]
+
+
+def celery_login(inv, secrets):
+    return redis_py.Redis(host=redis_host(inv).address, port=inv.redis.port, username="celery",
+                          password=secrets["redis_password"], socket_timeout=5)
 
 
 def test_unauthenticated_client_gets_noauth(inv, first_deploy):
@@ -19,12 +25,20 @@ def test_unauthenticated_client_gets_noauth(inv, first_deploy):
         r.ping()
 
 
-def test_authenticated_client_works_from_control_machine(inv, secrets, first_deploy):
-    r = redis_py.Redis(host=redis_host(inv).address, port=inv.redis.port,
-                       password=secrets["redis_password"], socket_timeout=5)
+def test_the_default_user_is_disabled(inv, secrets, first_deploy):
+    r = redis_py.Redis(host=redis_host(inv).address, port=inv.redis.port, password=secrets["redis_password"],
+                       socket_timeout=5)
+    with pytest.raises(redis_py.exceptions.AuthenticationError):
+        r.ping()
+
+
+def test_celery_login_works_from_control_machine_on_celery_keys_only(inv, secrets, first_deploy):
+    r = celery_login(inv, secrets)
     assert r.ping() is True
-    r.set("kit-test-key", "v", ex=60)
-    assert r.get("kit-test-key") == b"v"
+    r.set("celery-task-meta-kit-test", "v", ex=60)
+    assert r.get("celery-task-meta-kit-test") == b"v"
+    with pytest.raises(redis_py.exceptions.NoPermissionError):
+        r.set("kit-test-key", "v", ex=60)
 
 
 def test_from_a_worker_host_noauth_without_and_pong_with_password(inv, secrets, first_deploy):
@@ -40,12 +54,12 @@ def test_from_a_worker_host_noauth_without_and_pong_with_password(inv, secrets, 
     assert "+OK" in with_pw and "+PONG" in with_pw
 
 
-def test_dangerous_commands_are_disabled(inv, secrets, first_deploy):
-    r = redis_py.Redis(host=redis_host(inv).address, port=inv.redis.port,
-                       password=secrets["redis_password"], socket_timeout=5)
-    for command in ("FLUSHALL", "FLUSHDB", "CONFIG GET maxmemory", "DEBUG SLEEP 0"):
-        with pytest.raises(redis_py.exceptions.ResponseError, match="unknown command"):
-            r.execute_command(command)
+def test_dangerous_commands_are_refused_to_celery(inv, secrets, first_deploy):
+    r = celery_login(inv, secrets)
+    for command in ("FLUSHALL", "FLUSHDB", "CONFIG GET maxmemory", "KEYS *", "EVAL 'return 1' 0", "ACL LIST",
+                    "REPLICAOF NO ONE", "MIGRATE 127.0.0.1 1 celery-task-meta-x 0 1", "FUNCTION LIST"):
+        with pytest.raises(redis_py.exceptions.NoPermissionError):
+            r.execute_command(*command.replace("'return 1'", "return_1").split())
 
 
 def test_listens_on_inventory_address_and_localhost_only(inv, hosts, first_deploy):
@@ -63,14 +77,27 @@ def test_result_survives_a_redis_restart(inv, hosts, celery_app, first_deploy):
     assert again.get(timeout=30) == 42 and again.state == "SUCCESS"
 
 
-def test_aof_persistence_and_password_not_in_ps(inv, hosts, secrets, first_deploy):
+def test_aof_persistence_files_and_passwords_not_in_ps(inv, hosts, secrets, first_deploy):
     host = hosts[redis_host(inv).name]
-    assert "appendonly yes" in host.run("sudo cat /etc/redis/redis.conf").stdout
+    assert "appendonly yes" in host.run("sudo cat /etc/celery-kit/redis/redis.conf").stdout
     assert host.run("sudo test -d /var/lib/redis/appendonlydir").rc == 0
-    assert secrets["redis_password"] not in host.run("ps -eo args").stdout
+    acl = host.run("sudo cat /etc/celery-kit/redis/redis-users.acl").stdout
+    assert "user default off" in acl and secrets["redis_password"] not in acl      # hashes only
+    assert host.run("stat -c '%U %G %a' /etc/celery-kit/redis/redis-users.acl").stdout.split() == [
+        "root", "redis", "640"]
+    ps = host.run("ps -eo args").stdout
+    assert secrets["redis_password"] not in ps and secrets["redis_admin_password"] not in ps
+
+
+def test_the_kit_reads_info_with_its_admin_login(inv, hosts, first_deploy):
+    out = hosts[redis_host(inv).name].run(
+        "sudo sh -c 'REDISCLI_AUTH=$(head -n1 /etc/celery-kit/redis/admin.pass) "
+        "redis-cli --no-auth-warning --user celery-kit ROLE; REDISCLI_AUTH=$(head -n1 "
+        "/etc/celery-kit/redis/admin.pass) redis-cli --no-auth-warning --user celery-kit FLUSHALL'").stdout
+    assert out.startswith("master") and "NOPERM" in out
 
 
 def test_result_backend_url_is_rendered_with_expiry(celery_settings, inv):
-    assert celery_settings["CELERY_RESULT_BACKEND"].startswith("redis://:")
+    assert celery_settings["CELERY_RESULT_BACKEND"].startswith("redis://celery:")
     assert celery_settings["CELERY_RESULT_BACKEND"].endswith(f"@{redis_host(inv).address}:6379/0")
     assert celery_settings["CELERY_RESULT_EXPIRES"] == "86400"

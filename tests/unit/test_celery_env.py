@@ -22,11 +22,20 @@ def test_broker_urls_list_every_node_rotated_per_client():
     assert len({broker_start(INV, client=n) % 3 for n in "abcdef"}) > 1
 
 
-def test_backend_url_single_and_sentinel():
-    assert result_backend_url(INV, "x") == "redis://:x@192.0.2.11:6379/0"
+def test_backend_url_logs_in_as_the_celery_acl_user():
+    assert result_backend_url(INV, "x") == "redis://celery:x@192.0.2.11:6379/0"
     url = result_backend_url(SENTINEL, "p")
-    assert url.split(";") == [f"sentinel://:p@192.0.2.1{i}:26380/0" for i in (1, 2, 3)]
+    assert url.split(";") == [f"sentinel://celery:p@192.0.2.1{i}:26380/0" for i in (1, 2, 3)]
     assert celery_env(SENTINEL, "a", "b")["CELERY_REDIS_MASTER"] == "results"
+    # Quoted: a secret may hold / + = (secrets.SAFE).
+    assert result_backend_url(INV, "a/b+c=") == "redis://celery:a%2Fb%2Bc%3D@192.0.2.11:6379/0"
+
+
+def test_backend_url_host_is_bracketed_for_ipv6(monkeypatch):
+    import dataclasses
+    host = dataclasses.replace(INV.host("node1"), address="2001:db8::11")
+    inv = dataclasses.replace(INV, hosts=(host, *INV.hosts[1:]))
+    assert result_backend_url(inv, "x") == "redis://celery:x@[2001:db8::11]:6379/0"
 
 
 def test_env_has_the_settings_module_and_queue_type():
@@ -73,10 +82,20 @@ def test_result_writes_retry_bounded(monkeypatch):
 
 def test_quorum_settings_and_sentinel_options(monkeypatch):
     s = load_settings(monkeypatch, CELERY_QUEUE_TYPE="quorum", CELERY_REDIS_MASTER="results",
-                      CELERY_RESULT_BACKEND="sentinel://:pw%2F1@h1:26379/0;sentinel://:pw%2F1@h2:26379/0")
+                      CELERY_RESULT_BACKEND="sentinel://celery:pw%2F1@h1:26379/0;sentinel://celery:pw%2F1@h2:26379/0")
     assert s.task_default_queue_type == "quorum" and s.task_default_exchange_type == "topic"
     assert s.result_backend_transport_options["master_name"] == "results"
-    assert s.result_backend_transport_options["sentinel_kwargs"]["password"] == "pw/1"
+    # The Sentinels know the same login (and disable `default`): user and password both.
+    kwargs = s.result_backend_transport_options["sentinel_kwargs"]
+    assert (kwargs["username"], kwargs["password"]) == ("celery", "pw/1")
+
+
+def test_sentinel_settings_from_the_rendered_env(monkeypatch):
+    env = celery_env(SENTINEL, "a", "redis/pw+1")
+    s = load_settings(monkeypatch, **{k: v for k, v in env.items() if k.startswith("CELERY_RE")})
+    opts = s.result_backend_transport_options
+    assert opts["master_name"] == "results"
+    assert (opts["sentinel_kwargs"]["username"], opts["sentinel_kwargs"]["password"]) == ("celery", "redis/pw+1")
 
 
 def test_a_celery_app_picks_the_settings_up(monkeypatch):

@@ -82,9 +82,11 @@ def test_hosts_file_replaces_an_outdated_block_and_keeps_the_rest():
 
 def test_packages_and_users_follow_roles():
     h = NS(roles=frozenset({"rabbitmq", "worker"}))
-    assert packages_for(NS(firewall=NS(enabled=False)), h) == ["python3", "python3-venv", "rabbitmq-server"]
-    assert packages_for(NS(firewall=NS(enabled=True)), h) == ["nftables", "python3", "python3-venv",
-                                                              "rabbitmq-server"]
+    assert packages_for(NS(firewall=NS(enabled=False), sentinel_hosts=lambda: ()), h) == [
+        "python3", "python3-venv", "rabbitmq-server"]
+    assert packages_for(NS(firewall=NS(enabled=True), sentinel_hosts=lambda: ()), h) == [
+        "nftables", "python3", "python3-venv", "rabbitmq-server"]
+    assert "redis-sentinel" in packages_for(NS(firewall=NS(enabled=True), sentinel_hosts=lambda: (h,)), h)
     assert users_for(h) == {"celery": "/var/lib/celery"}
 
 

@@ -1,4 +1,5 @@
-"""Base, Redis and release stages, pyinfra style: recorded facts in, exact steps out."""
+"""Base and release stages, pyinfra style: recorded facts in, exact steps out (Redis and
+Sentinel: test_stage_redis_sentinel.py)."""
 from __future__ import annotations
 
 import pytest
@@ -8,7 +9,6 @@ from deploy import facts as F
 from deploy.errors import DeployFailed
 from deploy.files import ManagedFile
 from deploy.stages import base as B
-from deploy.stages import redis as RD
 from deploy.stages import release as RL
 from deploy.steps import STAGED
 
@@ -69,23 +69,6 @@ def test_dns_addresses_are_resolved_once_and_failures_named():
     with pytest.raises(DeployFailed, match="cannot resolve inventory address 'no-such-host.invalid'"):
         B.ip_of("no-such-host.invalid")
     assert B.ip_of("::1") == "::1"
-
-
-# Redis -------------------------------------------------------------------------------------
-
-def test_redis_in_sync_running_is_empty_and_a_changed_file_restarts_only_redis():
-    files = synced(RD.wanted_files(CTX, INV.host("node1")))
-    running = {RD.UNIT: {"ActiveState": "active", "UnitFileState": "enabled"}}
-    assert whats(RD.Redis().plan(CTX, INV.host("node1"), {"files": files, "units": running}, env())) == []
-    files.pop(RD.CONF)
-    plan = RD.Redis().plan(CTX, INV.host("node1"), {"files": files, "units": running}, env())
-    assert whats(plan) == [f"file {RD.CONF}", "restart redis-server.service"]
-
-
-def test_redis_password_lives_in_its_own_secret_file():
-    conf, auth = RD.wanted_files(CTX, INV.host("node1"))[:2]
-    assert auth.secret and auth.mode == 0o640 and b"requirepass" in auth.content
-    assert b"requirepass" not in conf.content and f"include {RD.AUTH}".encode() in conf.content
 
 
 # Release -----------------------------------------------------------------------------------

@@ -120,14 +120,19 @@ def test_host_limit_checks_names():
 
 VIEW = json.loads(recorded("trixie/node1-view.json"))
 QUEUES = json.loads(recorded("trixie/node1-queues.json"))
-INFO = status.parse_info(recorded("trixie/node1-redis-info.txt"))
+def info_fields(text: str) -> dict:
+    """INFO's key:value lines, as hostscripts/redis_state.sh turns them into JSON."""
+    return dict(line.strip().split(":", 1) for line in text.splitlines() if ":" in line and line[0] != "#")
+
+
+INFO = info_fields(recorded("trixie/node1-redis-info.txt"))
 PONG2 = {"answered": ["w1@node2", "w2@node2"], "restarts": 0}
 PONG3 = {"answered": ["w1@node3", "w2@node3"], "restarts": 0}
 
 
 def healthy():
     rel = {"current": "r1", "complete": ["r1"]}
-    return {"node1": {"releases": rel, "cluster": VIEW, "queues": QUEUES, "redis": INFO},
+    return {"node1": {"releases": rel, "cluster": VIEW, "queues": QUEUES, "redis": {"redis": INFO}},
             "node2": {"releases": rel, "ping": PONG2, "cluster": VIEW},
             "node3": {"releases": rel, "ping": PONG3, "cluster": VIEW}}
 
@@ -150,7 +155,7 @@ def test_problems_are_named():
     q[0].update(online=["rabbit@node1"], messages=7, consumers=0)
     f["node1"]["queues"] = q + [{"name": "old", "type": "classic", "slave_nodes": ["rabbit@node2"],
                                  "synchronised_slave_nodes": []}]
-    f["node1"]["redis"] = dict(INFO, evicted_keys="3", aof_last_write_status="err")
+    f["node1"]["redis"] = {"redis": dict(INFO, evicted_keys="3", aof_last_write_status="err")}
     problems = "\n".join(status.evaluate(INV, f).problems)
     for word in ["node3: cannot be reached over SSH", "not answering ping: w2@node2",
                  "rabbit@node2 sees rabbit@node1, rabbit@node3 not running",
@@ -164,11 +169,13 @@ def test_problems_are_named():
 
 def test_unreadable_broker_and_redis_are_problems():
     f = healthy()
-    f["node1"].update(cluster=None, queues={"error": "HTTPError 401"}, redis=None)
+    f["node1"].update(cluster=None, queues={"error": "HTTPError 401"},
+                      redis={"redis": None, "redis_error": "AUTH failed: WRONGPASS"})
     problems = "\n".join(status.evaluate(INV, f).problems)
     assert "rabbit@node1 does not answer" in problems and "HTTPError 401" in problems
-    assert "redis on node1: does not answer" in problems
-    assert status.parse_info("", 1) is None
+    assert "redis on node1: does not answer (AUTH failed: WRONGPASS)" in problems
+    f["node1"]["redis"] = {}            # the host script's output was unreadable
+    assert "redis on node1: does not answer" in status.evaluate(INV, f).problems
 
 
 # Progress ----------------------------------------------------------------------------------

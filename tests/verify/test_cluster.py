@@ -39,17 +39,30 @@ def test_rabbitmq_users_and_policy(inv, connect):
 
 
 def test_redis(inv, connect):
-    (h,) = inv.with_role("redis")
-    host = connect(h)
-    svc = host.service("redis-server")
-    assert svc.is_running and svc.is_enabled
-    assert host.socket(f"tcp://{h.address}:{inv.redis.port}").is_listening
-    assert host.socket(f"tcp://127.0.0.1:{inv.redis.port}").is_listening
-    assert not host.socket(f"tcp://0.0.0.0:{inv.redis.port}").is_listening
-    conf = host.file("/etc/redis/redis.conf")
-    assert (conf.user, conf.mode) == ("redis", 0o640)
-    auth = host.file("/etc/redis/celery-kit-auth.conf")
-    assert (auth.user, auth.mode) == ("redis", 0o640)
+    """ACL logins only; the kit's files root-owned and readable by the redis group only;
+    with Sentinel, a Sentinel on every sentinel host."""
+    for h in inv.redis_hosts():
+        host = connect(h)
+        svc = host.service("redis-server")
+        assert svc.is_running and svc.is_enabled
+        assert host.socket(f"tcp://{h.address}:{inv.redis.port}").is_listening
+        assert host.socket(f"tcp://127.0.0.1:{inv.redis.port}").is_listening
+        assert not host.socket(f"tcp://0.0.0.0:{inv.redis.port}").is_listening
+        kit_dir = host.file("/etc/celery-kit/redis")
+        assert (kit_dir.user, kit_dir.group, kit_dir.mode) == ("root", "redis", 0o750)
+        for name in ("redis.conf", "redis-users.acl"):
+            f = host.file(f"/etc/celery-kit/redis/{name}")
+            assert (f.user, f.group, f.mode) == ("root", "redis", 0o640), name
+        admin = host.file("/etc/celery-kit/redis/admin.pass")
+        assert (admin.user, admin.group, admin.mode) == ("root", "root", 0o600)
+        assert not host.file("/etc/redis/celery-kit-auth.conf").exists
+        assert "--include /etc/celery-kit/redis/redis.conf" in host.check_output(
+            "systemctl show -p ExecStart --value redis-server")
+    for h in inv.sentinel_hosts():
+        host = connect(h)
+        svc = host.service("redis-sentinel")
+        assert svc.is_running and svc.is_enabled
+        assert host.socket(f"tcp://{h.address}:{inv.redis.sentinel_port}").is_listening
 
 
 def test_workers(inv, connect, scale):
