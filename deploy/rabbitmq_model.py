@@ -115,16 +115,32 @@ def users_file(inv, secret) -> str:
     return json.dumps(doc, indent=1, sort_keys=True) + "\n"
 
 
-def cluster_plan(inv, state: dict, users: list[Login], mode: str, n_nodes: int) -> list[Change]:
+def vhost_plan(inv, state: dict, mode: str, major: int | None) -> list[Change]:
+    """The app's vhost. With quorum queues its default queue type is quorum too, so that a
+    client declaring `celery` without x-queue-type (a stock Celery client) gets the same
+    queue instead of a PRECONDITION_FAILED. RabbitMQ 3.10 can set it only when the vhost is
+    created (4.0 also later, with update_vhost_metadata)."""
+    r = inv.rabbitmq
+    known = state.get("ok", False)
+    quorum = ("--default-queue-type", "quorum") if mode == "quorum" else ()
+    if not known or r.vhost not in state.get("vhosts", []):
+        return [Change(f"vhost {r.vhost}" + (" (default queue type quorum)" if quorum else ""),
+                       [C.sh('rabbitmqctl add_vhost "$@" || true', r.vhost, *quorum)])]
+    if quorum and state.get("default_queue_type", "classic") != "quorum" and (major or 0) >= 4:
+        return [Change(f"default queue type of {r.vhost}: quorum",
+                       [ctl("update_vhost_metadata", r.vhost, *quorum)])]
+    return []
+
+
+def cluster_plan(inv, state: dict, users: list[Login], mode: str, n_nodes: int,
+                 major: int | None = None) -> list[Change]:
     """state: the JSON of hostscripts/rabbitmq_state.py, or {"ok": False} when the API
     could not be read (first deploy): then every step is planned; each is idempotent."""
     r = inv.rabbitmq
     known = state.get("ok", False)
     present = state.get("users", {}) if known else {}
     perms = state.get("permissions", {}) if known else {}
-    plan: list[Change] = []
-    if not known or r.vhost not in state.get("vhosts", []):
-        plan.append(Change(f"vhost {r.vhost}", [ctl("add_vhost", r.vhost)]))
+    plan: list[Change] = vhost_plan(inv, state, mode, major)
     for login in users:
         u = present.get(login.name)
         if u is None:

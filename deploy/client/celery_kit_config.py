@@ -61,8 +61,11 @@ if _env.get("CELERY_SOFT_TIME_LIMIT"):
 if _env.get("CELERY_QUEUE_TYPE") == "quorum":
     task_default_queue_type = "quorum"
     # Celery's native delayed delivery (ETA/countdown on quorum queues) routes through topic
-    # exchanges; with a direct exchange the worker would hold ETA tasks in its prefetch.
+    # exchanges; with a direct exchange the worker would hold ETA tasks in its prefetch. The
+    # topic exchange has a name of its own: a stock Celery client declares "celery" as a
+    # direct exchange, and both then route into the same queue.
     task_default_exchange_type = "topic"
+    task_default_exchange = task_default_queue + ".topic"
 
 # Results survive a Redis restart or failover: a pooled connection that Redis reset is
 # retried at once (retry_on_timeout), a dead one is found by a health check, and a store

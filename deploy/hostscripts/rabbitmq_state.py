@@ -33,7 +33,12 @@ try:
     out["users"] = {u["name"]: {"tags": sorted(t for t in (u.get("tags") or []) if t),
                                 "password_ok": password_ok(u, known.get(u["name"]))}
                     for u in get("/users")}
-    out["vhosts"] = [v["name"] for v in get("/vhosts")]
+    vhosts = get("/vhosts")
+    out["vhosts"] = [v["name"] for v in vhosts]
+    for v in vhosts:
+        if v["name"] == vhost:
+            out["default_queue_type"] = (v.get("default_queue_type") or
+                                         (v.get("metadata") or {}).get("default_queue_type") or "classic")
     present = vhost in out["vhosts"]
     out["permissions"] = {p["user"]: [p["configure"], p["write"], p["read"]]
                           for p in get(f"/vhosts/{vq}/permissions")} if present else {}

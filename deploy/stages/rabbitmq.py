@@ -108,7 +108,9 @@ class Config(Stage):
     def plan(self, ctx, host, facts: dict, env: StageEnv) -> Plan:
         steps = file_changes(node_files(ctx, host), facts["files"])
         active = facts["units"].get(UNIT, {}).get("ActiveState") == "active"
-        if steps and active:
+        # The kit's users file is read by the kit's own facts, never by RabbitMQ.
+        restart = [s for s in steps if not s.what.endswith(M.USERS_FILE)]
+        if restart and active:
             steps.append(Change(f"mark rabbit@{host.name} for a rolling restart", [C.cmd("touch", RESTART_PENDING)]))
         notes = []
         if host.name == nodes(ctx.inv)[0]:
@@ -118,7 +120,7 @@ class Config(Stage):
             warning = M.size_warning(len(nodes(ctx.inv)))
             if warning:
                 notes.append(f"WARNING: {warning}")
-        return Plan(steps, output={"restart": bool(steps) and active, **env.prepared}, notes=notes)
+        return Plan(steps, output={"restart": bool(restart) and active, **env.prepared}, notes=notes)
 
 
 def virgin_fact(host) -> F.Fact:
@@ -219,7 +221,8 @@ class Objects(Stage):
         config = env.output("rabbitmq config", host.name, {})
         mode = config.get("mode") or M.queue_mode(inv, None)
         users = M.logins(inv, lambda n: ctx.secret(n).reveal(), mode)
-        steps = M.cluster_plan(inv, facts["state"], users, mode, len(nodes(inv)))
+        steps = M.cluster_plan(inv, facts["state"], users, mode, len(nodes(inv)),
+                               M.version_major(config.get("version")))
         r = inv.rabbitmq
         if mode == "quorum" and facts["state"].get("dlq") != "quorum":
             steps.append(Change(f"queue {r.dead_letter_queue} (quorum, where tasks go after "

@@ -179,6 +179,8 @@ def test_ctrl_c_stops_between_steps_releases_the_lock_and_the_next_deploy_finish
     marker = PROJECT / "app" / "interrupt_marker.py"
     marker.write_text("MARK = 'ctrl-c'\n")
     try:
+        dry = fab("deploy", "--dry-run").stdout
+        assert "switch current to release" in dry, "the code change must give a new release"
         proc = subprocess.Popen([*FAB, "deploy"], cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True)
         lines = []

@@ -112,3 +112,16 @@ def test_an_administrator_with_app_rights_loses_them():
     state["permissions"]["admin"] = [".*", ".*", ".*"]
     whats = [c.what for c in M.cluster_plan(INV, state, M.logins(INV, SECRET, "mirrored"), "mirrored", 3)]
     assert "no permissions for admin on /celery" in whats
+
+
+def test_a_quorum_vhost_defaults_to_quorum_queues_so_stock_clients_declare_the_same_queue():
+    (new,) = M.vhost_plan(INV, {"ok": False}, "quorum", 3)
+    assert new.what == "vhost /celery (default queue type quorum)"
+    assert new.commands[0].argv[-3:] == ("/celery", "--default-queue-type", "quorum")
+    existing = dict(STATE, default_queue_type="classic")
+    (update,) = M.vhost_plan(INV, existing, "quorum", 4)
+    assert update.commands[0].argv == ("rabbitmqctl", "update_vhost_metadata", "/celery", "--default-queue-type",
+                                       "quorum")
+    assert M.vhost_plan(INV, existing, "quorum", 3) == []         # 3.10 cannot change it later
+    assert M.vhost_plan(INV, dict(STATE, default_queue_type="quorum"), "quorum", 4) == []
+    assert M.vhost_plan(INV, STATE, "mirrored", 3) == []
