@@ -2,6 +2,7 @@
 lab cannot start, they fail (CI must not go green without having touched a host)."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,9 +14,13 @@ from deploy.lab.spec import DEPLOY_USER, default_spec
 PROJECT = Path(__file__).resolve().parents[1]
 
 
+# The fault suite shares the lab tests' AMQP and management helpers (tests/lab/brokerutil.py).
+sys.path.insert(0, str(PROJECT / "tests" / "lab"))
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
-        if "/tests/lab/" in str(item.fspath):
+        if any(f"/tests/{d}/" in str(item.fspath) for d in ("lab", "chaos", "teardown")):
             item.add_marker(pytest.mark.lab)
 
 
