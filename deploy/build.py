@@ -27,6 +27,8 @@ KIT = Path(__file__).resolve().parents[1]
 # The kit's Celery settings module, installed into every release venv (see celery_env.py).
 SETTINGS = KIT / "deploy" / "client" / "celery_kit_config.py"
 BUILD_CONSTRAINTS = KIT / "deploy" / "build-constraints.txt"   # pinned build backends
+# Part of every cache key: a change to how releases are built must not reuse old builds.
+BUILD_RECIPE = "2: uv build of a clean copy"
 SOURCE_DATE_EPOCH = "315532800"          # 1980-01-01: zip's earliest; same sources, same bytes
 # Local leftovers that are not the project (never hashed, never shipped).
 SKIP = {".git", ".hg", "__pycache__", "build", "dist", ".venv", "venv", ".tox", ".nox",
@@ -87,7 +89,7 @@ def project_files(root: Path) -> list[Path]:
 
 def fingerprint(project: Project) -> str:
     """Of everything the build reads: the project's files, its lock and the build pins."""
-    h = hashlib.sha256()
+    h = hashlib.sha256(BUILD_RECIPE.encode())
     for p in project_files(project.path) + [project.lock, BUILD_CONSTRAINTS]:
         h.update(str(p.relative_to(project.path) if p.is_relative_to(project.path) else p.name).encode())
         h.update(b"\0" + p.read_bytes() + b"\0")

@@ -14,3 +14,7 @@ class Ctx:
 
     def secret(self, name: str, length: int = 40) -> Secret:
         return self.secrets.get(name, length)
+
+    def previous(self, name: str) -> str | None:
+        """A rotated secret's old value while its rotation is not finished (secrets.py)."""
+        return self.secrets.previous(name)

@@ -127,22 +127,33 @@ def password_hash(password: str) -> str:
     return "#" + hashlib.sha256(password.encode()).hexdigest()
 
 
-def acl_line(user: str, password: str | None, commands: tuple[str, ...], keys: tuple[str, ...] = (),
+def acl_line(user: str, password: str | tuple | None, commands: tuple[str, ...], keys: tuple[str, ...] = (),
              channels: tuple[str, ...] = (), on: bool = True) -> str:
+    """One ACL user. `password` may be several (a rotation in progress: old and new)."""
     words = ["user", user, "on" if on else "off", "resetpass"]
-    if password is not None:
-        words.append(password_hash(password))
+    passwords = password if isinstance(password, tuple) else (password,)
+    words += [password_hash(p) for p in passwords if p is not None]
     words += ["resetkeys", *(f"~{k}" for k in keys), "resetchannels", *(f"&{c}" for c in channels),
               "-@all", *(f"+{c}" for c in commands)]
     return " ".join(words)
 
 
-def redis_acl(secret, version: str | None, admin_everything: bool = False) -> str:
-    """The Redis ACL file. `secret(name)` gives a kit secret's value."""
+def both(secret, previous):
+    """A login's passwords: the current one, and the previous one while a rotation runs."""
+    def passwords(name):
+        old = previous(name) if previous else None
+        return (secret(name), old) if old else secret(name)
+    return passwords
+
+
+def redis_acl(secret, version: str | None, admin_everything: bool = False, previous=None) -> str:
+    """The Redis ACL file. `secret(name)` gives a kit secret's value; `previous(name)` its old
+    value during a rotation (both are accepted then)."""
+    secret_str, secret = secret, both(secret, previous)
     setinfo = ("client|setinfo",) if has_client_setinfo(version) else ()
     admin = acl_line(ADMIN_USER, secret(SECRETS[ADMIN_USER]), ADMIN_COMMANDS)
     if admin_everything:       # redis.allow_dangerous_commands: the admin login may do anything
-        admin = f"user {ADMIN_USER} on resetpass {password_hash(secret(SECRETS[ADMIN_USER]))} ~* &* +@all"
+        admin = f"user {ADMIN_USER} on resetpass {password_hash(secret_str(SECRETS[ADMIN_USER]))} ~* &* +@all"
     lines = [
         # Disabled, but allowed the writes the AOF replays as `default` (see the docstring).
         "user default off resetpass ~* resetchannels -@all +@write +multi +exec +select",
@@ -156,7 +167,8 @@ def redis_acl(secret, version: str | None, admin_everything: bool = False) -> st
     return "\n".join(lines) + "\n"
 
 
-def sentinel_acl(secret, version: str | None) -> str:
+def sentinel_acl(secret, version: str | None, previous=None) -> str:
+    secret = both(secret, previous)
     setinfo = ("client|setinfo",) if has_client_setinfo(version) else ()
     lines = [
         acl_line("default", None, (), on=False),

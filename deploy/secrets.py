@@ -61,6 +61,9 @@ def _checked(value: object, where: str) -> str:
     return value
 
 
+PREVIOUS = ".previous"
+
+
 class SecretStore:
     def __init__(self, path: Path):
         self.path = path
@@ -96,6 +99,49 @@ class SecretStore:
                 value = _checked(values[name], f"{self.path}: {name}")
         register_secret(value)
         return Secret(name, value)
+
+    # Rotation ----------------------------------------------------------------------------
+    # A rotated secret keeps its old value as "<name>.previous" until the rotation is
+    # finished: logins that can hold two passwords (Redis ACL users) accept both meanwhile,
+    # so clients still on the old value keep working until they have switched.
+
+    def previous(self, name: str) -> str | None:
+        with self._lock:
+            value = self._load().get(name + PREVIOUS)
+        if value:
+            register_secret(value)
+        return value
+
+    def rotate(self, name: str, length: int = 40) -> None:
+        """A new value for `name`; the old one is kept as its previous value."""
+        with self._lock:
+            variable = ENV_PREFIX + name.upper()
+            if os.environ.get(variable):
+                raise SecretError(f"{name} comes from {variable}: rotate it where that value comes from")
+            values = self._load()
+            if name + PREVIOUS in values:
+                raise SecretError(f"{name}: a rotation is not finished yet; run `fab rotate-secrets --finish` first")
+            if name not in values:
+                raise SecretError(f"{name}: no such secret in {self.path}")
+            values[name + PREVIOUS] = values[name]
+            values[name] = generate(length)
+            register_secret(values[name + PREVIOUS])
+            self._save(values)
+
+    def finish_rotation(self) -> list[str]:
+        """Forget every previous value; returns the names whose rotation this finished."""
+        with self._lock:
+            values = self._load()
+            done = sorted(k[:-len(PREVIOUS)] for k in values if k.endswith(PREVIOUS))
+            for name in done:
+                del values[name + PREVIOUS]
+            if done:
+                self._save(values)
+        return done
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return sorted(k for k in self._load() if not k.endswith(PREVIOUS))
 
     def register_known(self) -> int:
         """Register every secret there is for masking, without generating or writing any: the

@@ -178,6 +178,17 @@ def hostkeys_trust(inv, opts, replace: str | None) -> None:
         print(f"{h.name} {h.address}: recorded {hostkeys.fingerprint(key)} in {keys.path}")
 
 
+@kit_task(name="rotate-secrets", iterable=["name"],
+          help={**INV, **DRY, "name": "a secret to rotate (repeatable; default: every password)",
+                "finish": "retire the old values once every producer uses the new settings"})
+def rotate_secrets(c, name=None, finish=False, dry_run=False, inventory=DEFAULT_INVENTORY):
+    """New passwords, rolled out host by host without stopping the cluster."""
+    from . import rotate
+    inv = load(inventory)
+    opts = options(c, dry_run)
+    guarded(lambda: rotate.finish(inv, opts) if finish else rotate.rotate(inv, list(name or []), opts))
+
+
 @kit_task(name="restart", help=INV)
 def rabbitmq_restart(c, inventory=DEFAULT_INVENTORY):
     """Rolling restart of the RabbitMQ nodes, one at a time, each drained and awaited."""

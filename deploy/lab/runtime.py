@@ -149,6 +149,10 @@ def _write_host_files(spec: LabSpec, host: LabHost, root: Path, pubkey: str, sta
     state.setdefault("machine_ids", {})[host.name] = machine_id
     for rel, content in host_files(spec, host, pubkey, machine_id).items():
         path = root / rel
+        # /etc/hosts is the host's own after its first boot (the kit manages a block in it):
+        # a real server keeps it across a power cycle, so a restarted lab host does too.
+        if rel == "etc/hosts" and (spec.host_dir(host) / "upper" / rel).exists():
+            continue
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(content)
     # The deploy user's uid inside the image, not the control machine's.

@@ -71,8 +71,11 @@ def restart_node_cmds(mode: str) -> list[C.Cmd]:
     sync = (C.cmd("rabbitmq-upgrade", "await_online_synchronized_mirror", "--timeout", "120")
             if mode == "mirrored" else
             C.cmd("rabbitmq-upgrade", "await_online_quorum_plus_one", "--timeout", "120"))
-    return [sync, C.cmd("rabbitmq-upgrade", "drain"), C.systemctl("restart", UNIT), await_node(),
-            C.cmd("rabbitmq-upgrade", "revive")]
+    # drain closes the node's client connections; on 3.10 it can fail when one of them closes
+    # by itself meanwhile ("noproc"). The restart right after closes whatever is left, so a
+    # failed drain only means clients learn of the restart a moment later.
+    drain = C.sh("rabbitmq-upgrade drain || echo 'drain failed; the restart closes the connections' >&2")
+    return [sync, drain, C.systemctl("restart", UNIT), await_node(), C.cmd("rabbitmq-upgrade", "revive")]
 
 
 def cluster_running(inv, wanted: list[str], timeout: float = 120) -> Await:

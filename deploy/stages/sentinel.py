@@ -54,7 +54,8 @@ def wanted_files(ctx, host, version: str | None = None) -> list[ManagedFile]:
     return [
         kit_file(RM.SENTINEL_CONF, "redis-sentinel.conf.j2", ctx_tpl),
         managed(RM.SENTINEL_AUTH, auth, owner="root", group="redis", mode=0o640, secret=True),
-        managed(RM.SENTINEL_ACL, RM.sentinel_acl(secret, version), owner="root", group="redis",
+        managed(RM.SENTINEL_ACL, RM.sentinel_acl(secret, version, previous=getattr(ctx, "previous", None)),
+                owner="root", group="redis",
                 mode=0o640, secret=True),
         admin_file(ctx),
         dropin_file(UNIT, "/usr/bin/redis-sentinel", RM.SENTINEL_MAIN, RM.SENTINEL_CONF),

@@ -166,6 +166,7 @@ def test_network_black_hole_of_a_rabbitmq_node_heals_by_itself(chaos):
 def test_rolling_restart_under_load(chaos):
     def fault():
         out = fab("rabbitmq.restart").stdout
+        (OUT / "fab-rabbitmq-restart.log").write_text(out)
         return {"restart": out.strip().splitlines()[-1]}
 
     o = scenario(chaos, "fab-rabbitmq-restart", fault, after=5)
@@ -182,6 +183,7 @@ def test_deploy_with_a_code_change_under_load(chaos):
             out = fab("deploy").stdout
         finally:
             marker.unlink()
+        (OUT / "fab-deploy-code-change.log").write_text(out)
         return {"deploy": out.strip().splitlines()[-1]}
 
     o = scenario(chaos, "fab-deploy-code-change", fault, after=5)

@@ -83,7 +83,7 @@ def test_aof_persistence_files_and_passwords_not_in_ps(inv, hosts, secrets, firs
     assert host.run("sudo test -d /var/lib/redis/appendonlydir").rc == 0
     acl = host.run("sudo cat /etc/celery-kit/redis/redis-users.acl").stdout
     assert "user default off" in acl and secrets["redis_password"] not in acl      # hashes only
-    assert host.run("stat -c '%U %G %a' /etc/celery-kit/redis/redis-users.acl").stdout.split() == [
+    assert host.run("sudo stat -c '%U %G %a' /etc/celery-kit/redis/redis-users.acl").stdout.split() == [
         "root", "redis", "640"]
     ps = host.run("ps -eo args").stdout
     assert secrets["redis_password"] not in ps and secrets["redis_admin_password"] not in ps

@@ -175,9 +175,12 @@ def test_the_follow_wrapper_ends_journalctl_at_eof_on_its_stdin(tmp_path):
 
 def test_the_follow_wrapper_ends_with_journalctl_and_its_status(tmp_path):
     env = fake_journalctl(tmp_path, 'echo "Failed to add filter for units: No data available" >&2\nexit 1\n')
-    p = subprocess.run(["sh", "-c", logs.FOLLOW_SCRIPT, "sh", "--unit=nope-*.service"],
-                       stdin=subprocess.PIPE, capture_output=True, env=env, timeout=10)
-    assert p.returncode == 1 and logs.NO_DATA in p.stderr.decode()
+    # stdin stays open, as the SSH channel's does while following (closing it ends journalctl).
+    p = subprocess.Popen(["sh", "-c", logs.FOLLOW_SCRIPT, "sh", "--unit=nope-*.service"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    rc = p.wait(timeout=10)
+    p.stdin.close()
+    assert rc == 1 and logs.NO_DATA in p.stderr.read().decode()
 
 
 # Records -------------------------------------------------------------------------------------
