@@ -25,7 +25,7 @@ from .errors import DeployFailed, Interrupted
 from .facts import file_content
 from .files import unified_diff
 from .progress import Progress
-from .stage import Stage, StageEnv
+from .stage import Parallel, Stage, StageEnv
 from .steps import STAGED, Await, Change, Plan, Replan, Step
 from .transport import CommandError, Session
 
@@ -61,17 +61,28 @@ class Engine:
         self.interrupt = threading.Event()
         self._dirty = False                          # something changed since the prefetch
         self._changes = 0                            # Change steps applied so far
+        self._lock = threading.Lock()
         self._prefetched: dict[str, dict[str, dict]] = {}
 
     def say(self, text: str) -> None:
         self.progress.say(text)
 
     # Running stages ----------------------------------------------------------------------
-    def run(self, stages: list[Stage]) -> None:
-        self.prefetch(stages)
-        for stage in stages:
+    def run(self, items: list) -> None:
+        """Items are stages, or Parallel groups of stage sequences (pipeline.py)."""
+        self.prefetch([st for item in items for st in (item.stages if isinstance(item, Parallel) else [item])])
+        for item in items:
             if self.failed or self.interrupt.is_set():
                 break
+            if isinstance(item, Parallel):
+                self._parallel(list(item.sequences), self._sequence)
+            else:
+                self.run_stage(item)
+
+    def _sequence(self, stages) -> None:
+        for stage in stages:
+            if self.failed or self.interrupt.is_set():
+                return
             self.run_stage(stage)
 
     def prefetch(self, stages: list[Stage]) -> None:
@@ -107,8 +118,7 @@ class Engine:
         if not hosts:
             return
         t0 = time.monotonic()
-        self.say(f"[{stage.name}] {', '.join(h.name for h in hosts)}"
-                 f"{' (one host at a time)' if stage.serial else ''}")
+        self.say(f"[{stage.name}] {', '.join(h.name for h in hosts)}")
         facts: dict[str, dict] = {}
         outputs: dict[str, Any] = {}
 
@@ -141,7 +151,7 @@ class Engine:
             self.say(f"  {h.name}: {state}")
 
         if not self.failed:
-            if stage.serial:
+            if stage.serial_for(facts):
                 read_at = self._changes
                 for h in hosts:
                     if self._changes > read_at:
@@ -214,8 +224,9 @@ class Engine:
                 return True
             if isinstance(step, Change):
                 report.changed.append(f"{stage}: {step.what}")
-                self._dirty = True
-                self._changes += 1
+                with self._lock:
+                    self._dirty = True
+                    self._changes += 1
                 if self.dry_run:
                     self._print_dry(s, step)
                 else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from . import facts as F
 from . import rabbitmq_model as M
-from .stage import Stage, StageEnv
+from .stage import Parallel, Stage, StageEnv
 from .stages import base, firewall, flower, rabbitmq, redis, release, sentinel, workers
 from .steps import Plan
 
@@ -25,12 +25,15 @@ class ClusterInfo(Stage):
         return Plan([], output={"version": version, "mode": M.queue_mode(ctx.inv, version)})
 
 
-def deploy() -> list[Stage]:
-    # Firewall right after base (which installs nftables), before any service listens.
-    # Workers before Flower: the workers stage marks a flower host whose release it switched.
-    # Sentinel right after Redis: it monitors the master the redis stage set up.
-    return [base.Base(), firewall.Firewall(), *rabbitmq.STAGES, redis.Redis(), sentinel.Sentinel(),
-            release.Release(), workers.Workers(), flower.Flower()]
+def deploy() -> list:
+    """Firewall right after base (which installs nftables), before any service listens.
+    RabbitMQ, Redis (+ Sentinel, which monitors the master the redis stage set up) and the
+    release depend on nothing in each other: they run side by side. The workers need all
+    three; they come before Flower, which the workers stage marks when it switched a release
+    on the flower host."""
+    return [base.Base(), firewall.Firewall(),
+            Parallel(rabbitmq.STAGES, [redis.Redis(), sentinel.Sentinel()], [release.Release()]),
+            workers.Workers(), flower.Flower()]
 
 
 def rollout(only: set[str] | None = None) -> list[Stage]:

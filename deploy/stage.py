@@ -40,3 +40,22 @@ class Stage:
 
     def plan(self, ctx, host, facts: dict, env: StageEnv) -> Plan:
         raise NotImplementedError
+
+    def serial_for(self, facts: dict[str, dict]) -> bool:
+        """One host at a time? Given every host's facts (a rollout that protects nothing,
+        such as the first one, may go faster)."""
+        return self.serial
+
+
+@dataclass(frozen=True)
+class Parallel:
+    """Sequences of stages that depend on nothing in each other: each sequence runs in its
+    own thread, the stages of one sequence in order. The next item waits for all of them."""
+    sequences: tuple[tuple[Stage, ...], ...]
+
+    def __init__(self, *sequences):
+        object.__setattr__(self, "sequences", tuple(tuple(s) for s in sequences))
+
+    @property
+    def stages(self) -> list[Stage]:
+        return [st for seq in self.sequences for st in seq]

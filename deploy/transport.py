@@ -56,6 +56,7 @@ class Session:
         self._conn: Connection | None = None
         self._home: str | None = None
         self._lock = threading.Lock()
+        self._sftp_lock = threading.Lock()     # stages running in parallel share the SFTP session
 
     @property
     def name(self) -> str:
@@ -155,15 +156,22 @@ class Session:
     def upload(self, content: bytes) -> str:
         """Upload content to a private staging dir; returns the remote path. SFTP, so the
         content (secrets included) never appears on a command line."""
+        with self._sftp_lock:
+            self._staging_dir()
+        return self._put(content)
+
+    def _staging_dir(self) -> None:
         if self._home is None:
             res = self.exec(shlex.join(["sh", "-c", f"install -d -m 0700 {STAGING} && pwd"]))
             if res.rc != 0 or not res.stdout.strip():
                 raise CommandError(self.name, f"install -d -m 0700 ~/{STAGING}", res.rc,
                                    res.stderr or "the SSH user needs a writable home directory")
             self._home = res.stdout.strip()
+
+    def _put(self, content: bytes) -> str:
         path = f"{self._home}/{STAGING}/{hashlib.sha256(content).hexdigest()[:16]}"
         self.round_trips += 1
-        with self.connection().sftp().open(path, "wb") as f:
+        with self._sftp_lock, self.connection().sftp().open(path, "wb") as f:
             f.set_pipelined(True)
             f.write(content)
         return path

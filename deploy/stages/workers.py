@@ -193,6 +193,11 @@ class Workers(Stage):
         ordered = sorted(app_hosts(inv), key=lambda h: not h.has("worker"))
         return [h for h in ordered if self.only is None or h.name in self.only]
 
+    def serial_for(self, facts: dict[str, dict]) -> bool:
+        """Rolling while any host runs a release; the very first rollout protects nothing
+        (no worker is serving yet) and starts every host at once."""
+        return any(f["releases"]["current"] for f in facts.values())
+
     def facts(self, ctx, host) -> list:
         scale = host_scale(ctx.inv, host)
         n = scale.instances if scale else 0

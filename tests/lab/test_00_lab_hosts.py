@@ -1,6 +1,5 @@
 """The lab hosts behave like real servers: own address, systemd, sshd, sudo, names."""
 import pytest
-import testinfra
 
 from deploy.lab import procs, runtime
 from deploy.lab.ready import try_login, wait_ready
@@ -61,8 +60,8 @@ def test_stop_and_start_one_host(lab, lab_hosts):
     # A NEW login right after start is quick (seen before: 34 s on a just-started host).
     login = try_login(lab.host(3).address, "deploy", lab.key_path, lab.known_hosts)
     assert login is not None and login < 5
-    fresh = testinfra.get_host(f"paramiko://deploy@{lab.host(3).address}",
-                               ssh_identity_file=str(lab.key_path))
+    from conftest import lab_host
+    fresh = lab_host(lab, lab.host(3).address)
     assert fresh.run("systemctl is-system-running").stdout.strip() == "running"
 
 

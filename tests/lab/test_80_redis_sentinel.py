@@ -7,7 +7,7 @@ import sys
 import time
 
 from brokerutil import wait_for
-from conftest import INVENTORY, PROJECT, fab, summary_rows
+from conftest import INVENTORY, PROJECT, fab, lab_host, summary_rows
 from deploy.lab import runtime
 
 ADMIN = "REDISCLI_AUTH=$(head -n 1 /etc/celery-kit/redis/admin.pass) redis-cli --no-auth-warning --user celery-kit"
@@ -53,9 +53,27 @@ def add(app, timeout=30) -> int:
     return app.send_task("app.tasks.add", (20, 22)).get(timeout=timeout)
 
 
+def restore_single_redis(hosts):
+    """Back to inventory.yaml's single Redis on node1: Sentinels off first (no failover during
+    the change), then the deploy rewrites node1's stub (no replicaof: master again)."""
+    for name in ("node1", "node2", "node3"):
+        hosts[name].run("sudo systemctl disable --now redis-sentinel")
+    fab("deploy")
+    hosts["node2"].run("sudo systemctl disable --now redis-server")
+    assert admin(hosts["node1"], "ROLE").startswith("master")
+    assert set(summary_rows(fab("deploy").stdout).values()) == {("unchanged", 0)}
+
+
 def test_failover_keeps_results_and_the_next_deploy_changes_nothing(lab, hosts, tmp_path, monkeypatch,
                                                                    first_deploy):
     path = inventory_with_replica(tmp_path)
+    try:
+        failover(lab, hosts, path, monkeypatch)
+    finally:
+        restore_single_redis(hosts)
+
+
+def failover(lab, hosts, path, monkeypatch):
     fab("deploy", "--inventory", str(path))
     wait_for(lambda: healthy(path), 120, "replica linked, three Sentinels agreeing (fab status --check)")
     assert set(summary_rows(fab("deploy", "--inventory", str(path)).stdout).values()) == {("unchanged", 0)}
@@ -73,6 +91,7 @@ def test_failover_keeps_results_and_the_next_deploy_changes_nothing(lab, hosts, 
         print(f"results flowed again {recovered:.1f}s after node1 stopped")
     finally:
         assert runtime.start_one(lab, "node1") == "started"
+        hosts["node1"] = lab_host(lab, "10.77.0.11")       # the old SSH session died with the host
 
     # node1 comes back as it was (a master, by its own file); Sentinel turns it into a replica.
     wait_for(lambda: "master_link_status:up" in admin(hosts["node1"], "INFO replication"), 120,
@@ -83,12 +102,3 @@ def test_failover_keeps_results_and_the_next_deploy_changes_nothing(lab, hosts, 
     assert set(summary_rows(out).values()) == {("unchanged", 0)}, out
     assert sentinel_master(hosts["node3"]) == "10.77.0.12"          # nobody was demoted
     assert add(app) == 42
-
-    # Back to inventory.yaml's single Redis on node1: Sentinels off first (no failover during
-    # the change), then the deploy rewrites node1's stub (no replicaof: master again).
-    for name in ("node1", "node2", "node3"):
-        hosts[name].run("sudo systemctl disable --now redis-sentinel")
-    fab("deploy")
-    hosts["node2"].run("sudo systemctl disable --now redis-server")
-    assert admin(hosts["node1"], "ROLE").startswith("master")
-    assert set(summary_rows(fab("deploy").stdout).values()) == {("unchanged", 0)}

@@ -340,3 +340,43 @@ def test_summary_rows(result, expected):
     rows = console.export_text().splitlines()
     assert rows[0].split() == ["host", "result", "changes"]
     assert rows[1].split() == ["a", expected, "1" if result == "changed" else "0"]
+
+
+def test_parallel_sequences_run_side_by_side_and_in_order_within():
+    from deploy.stage import Parallel
+    order = []
+    barrier = threading.Barrier(2, timeout=5)
+    a = FakeSession("a", {"x": "1"})
+
+    def first(h, f, e):
+        barrier.wait()               # both sequences are here at once
+        order.append("first")
+        return Plan([])
+
+    def second(h, f, e):
+        order.append("second")
+        return Plan([])
+
+    seq1 = [ScriptStage("one", ["a"], first), ScriptStage("one-b", ["a"], second)]
+    seq2 = [ScriptStage("two", ["a"], first)]
+    e = engine([a])
+    e.run([Parallel(seq1, seq2), ScriptStage("after", ["a"], lambda h, f, e: Plan([], output="done"))])
+    assert order.count("first") == 2 and order.index("second") > 0 and not e.failed
+    assert e.outputs["after"] == {"a": "done"}
+
+
+def test_a_stage_may_decide_per_run_whether_it_is_serial():
+    a, b = FakeSession("a", {"x": "1"}), FakeSession("b", {"x": "1"})
+    barrier = threading.Barrier(2, timeout=5)
+
+    class Roll(ScriptStage):
+        def serial_for(self, facts):
+            return False                      # e.g. the very first rollout
+
+    def plan(h, f, e):
+        barrier.wait()
+        return Plan([])
+
+    e = engine([a, b])
+    e.run([Roll("roll", ["a", "b"], plan, serial=True)])
+    assert not e.failed

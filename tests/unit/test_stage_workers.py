@@ -172,3 +172,10 @@ def test_ping_runs_on_the_host_as_celery_with_the_hosts_settings():
     script = fact.argv[2]
     assert "runuser -u celery" in script and W.ENV in script and f"{CURRENT}/venv/bin/celery" in script
     assert fact.argv[3:] == ("ping", "app", "w1@node2", "celery-worker@1.service")
+
+
+def test_the_first_rollout_starts_every_host_at_once_later_ones_roll():
+    fresh = {"node2": {"releases": {"current": None}}, "node3": {"releases": {"current": None}}}
+    assert W.Workers().serial_for(fresh) is False
+    fresh["node3"]["releases"]["current"] = "r1"
+    assert W.Workers().serial_for(fresh) is True
