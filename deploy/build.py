@@ -62,8 +62,9 @@ def parse_target(out: str, rc: int = 0) -> Target | None:
     return Target(parts[0], parts[1], parts[2].replace("glibc", "").strip("_") or "2.17")
 
 
-TARGET_FACT_ARGV = ("python3", "-c", "import platform; print(platform.python_version(), "
-                    "platform.machine(), ''.join(platform.libc_ver()))")
+# Python's version, the machine and glibc, without importing anything into Python.
+TARGET_FACT_ARGV = ("sh", "-c", 'echo "$(python3 -I -S -V | cut -d" " -f2) $(uname -m) '
+                    '$(getconf GNU_LIBC_VERSION | tr " " _)"')
 
 
 @dataclass(frozen=True)

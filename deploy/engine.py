@@ -63,6 +63,8 @@ class Engine:
         self._changes = 0                            # Change steps applied so far
         self._lock = threading.Lock()
         self._prefetched: dict[str, dict[str, dict]] = {}
+        self._prefetch_done = False
+        self._early: dict = {}                       # stage name -> Future of its prepare()
 
     def say(self, text: str) -> None:
         self.progress.say(text)
@@ -70,7 +72,8 @@ class Engine:
     # Running stages ----------------------------------------------------------------------
     def run(self, items: list) -> None:
         """Items are stages, or Parallel groups of stage sequences (pipeline.py)."""
-        self.prefetch([st for item in items for st in (item.stages if isinstance(item, Parallel) else [item])])
+        if not self._prefetch_done:
+            self.prefetch(stages_of(items))
         for item in items:
             if self.failed or self.interrupt.is_set():
                 break
@@ -85,8 +88,13 @@ class Engine:
                 return
             self.run_stage(stage)
 
-    def prefetch(self, stages: list[Stage]) -> None:
-        """Every stage's facts, per host, in one round trip."""
+    def prefetch(self, stages: list[Stage], first: dict[str, list] | None = None) -> dict[str, dict]:
+        """Every stage's facts, per host, in one round trip. `first`: facts per host that go
+        at the head of that round trip (the deploy lock: taking it costs no trip of its own);
+        their values are returned (a host that could not be read is missing)."""
+        self._prefetch_done = True
+        first = first or {}
+        firsts: dict[str, dict] = {}
         wanted: dict[str, list] = {name: [] for name in self.sessions}
         for stage in stages:
             for h in self._hosts(stage):
@@ -95,20 +103,35 @@ class Engine:
 
         def one(name: str) -> None:
             pairs = wanted[name]
-            if not pairs:
+            head = first.get(name, [])
+            if not pairs and not head:
                 return
-            keyed = [type(f)(f"{st}\x00{f.key}", f.argv, f.parse) for st, f in pairs]
+            # Several stages read the same thing (a unit's state, the releases): once each.
+            unique = list({f.argv: f for _, f in pairs}.values())
+            keyed = [type(f)(f"f{i}", f.argv, lambda out, rc: (out, rc)) for i, f in enumerate(unique)]
             try:
-                values = self.sessions[name].gather(keyed)
+                raw = self.sessions[name].gather(head + keyed)
             except Exception:       # the stages will read (and report) on their own
                 return
+            firsts[name] = {f.key: raw[f.key] for f in head}
+            by_argv = {f.argv: raw[k.key] for f, k in zip(unique, keyed)}
             out: dict[str, dict] = {}
-            for key, value in values.items():
-                st, _, k = key.partition("\x00")
-                out.setdefault(st, {})[k] = value
+            for st, f in pairs:
+                out.setdefault(st, {})[f.key] = f.parse(*by_argv[f.argv])
             self._prefetched[name] = out
 
         self._parallel(list(self.sessions), one)
+        for stage in stages:
+            if stage.prepare_early:
+                self._start_early(stage)
+        return firsts
+
+    def _start_early(self, stage: Stage) -> None:
+        facts = {h.name: self._prefetched.get(h.name, {}).get(stage.name) for h in self._hosts(stage)}
+        if facts and all(f is not None for f in facts.values()):
+            pool = ThreadPoolExecutor(max_workers=1)
+            self._early[stage.name] = pool.submit(stage.prepare, self.ctx, facts)
+            pool.shutdown(wait=False)
 
     def _hosts(self, stage: Stage) -> list:
         return [h for h in stage.hosts(self.ctx.inv) if h.name in self.sessions]
@@ -132,7 +155,7 @@ class Engine:
         prepared = None
         if not self.failed:
             try:
-                prepared = stage.prepare(self.ctx, facts)
+                prepared = self._prepared(stage, facts)
             except Exception as exc:
                 for h in hosts:
                     self._fail(h.name, stage, exc)
@@ -170,6 +193,19 @@ class Engine:
         took = time.monotonic() - t0
         self.timings.append((stage.name, took))
         self.say(f"  ({took:.1f}s)")
+
+    def _prepared(self, stage: Stage, facts: dict) -> Any:
+        """prepare() of the stage, or what its early start gave when it saw the same facts."""
+        early = self._early.pop(stage.name, None)
+        if early is not None:
+            try:
+                result = early.result()
+                started_with = {n: self._prefetched.get(n, {}).get(stage.name) for n in facts}
+                if started_with == facts:
+                    return result
+            except Exception:
+                pass                    # decided again below, with the facts as they are now
+        return stage.prepare(self.ctx, facts)
 
     def _facts(self, stage: Stage, h) -> dict:
         if not self._dirty and stage.name in self._prefetched.get(h.name, {}):
@@ -284,6 +320,10 @@ class Engine:
             lines.append(f"    upload {step.upload.name} ({step.upload.stat().st_size} bytes)")
         lines += [f"    $ {c.show()}" for c in step.commands]
         self.say("\n".join(line for line in lines if line))
+
+
+def stages_of(items: list) -> list[Stage]:
+    return [st for item in items for st in (item.stages if isinstance(item, Parallel) else [item])]
 
 
 def _indent(text: str) -> str:

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from . import commands as C
+from .facts import Fact
 from .transport import Session
 
 LOCK_DIR = "/run/celery-kit.lock"
@@ -37,6 +38,31 @@ class Owner:
 def acquire_cmd(owner: Owner) -> C.Cmd:
     return C.sh(f'mkdir {LOCK_DIR} 2>/dev/null || {{ head -n 1 {LOCK_DIR}/owner 2>/dev/null; exit 75; }}; '
                 f'cat > {LOCK_DIR}/owner', stdin=f"{owner.who}\ntoken {owner.token}\n")
+
+
+def acquire_fact(owner: Owner) -> Fact:
+    """Taking the lock as the first "fact" of the first round trip (engine.prefetch): None when
+    it was taken, else who holds it. Owner and token go in argv: neither is a secret (the
+    token only lets a deploy tell its own lock from another's)."""
+    script = (f'mkdir {LOCK_DIR} 2>/dev/null || {{ head -n 1 {LOCK_DIR}/owner 2>/dev/null; exit 75; }}; '
+              f'printf "%s\\ntoken %s\\n" "$1" "$2" > {LOCK_DIR}/owner')
+    return Fact("lock", ("sh", "-c", script, "lock", owner.who, owner.token),
+                lambda out, rc: None if rc == 0 else (out.strip() or f"could not take the lock (exit {rc})"))
+
+
+def check_taken(sessions: list[Session], owner: Owner, results: dict[str, dict]) -> None:
+    """After acquire_fact ran on every host: all taken, or give back what was and refuse."""
+    held = []
+    for s in sessions:
+        if s.name not in results:
+            held.append(f"{s.name}: could not take the lock (the host could not be read)")
+        elif results[s.name]["lock"] is not None:
+            why = results[s.name]["lock"]
+            held.append(f"{s.name}: locked by {why}" if "could not" not in why else f"{s.name}: {why}")
+    if held:
+        release_all(sessions, owner)
+        raise Locked("another deploy holds the lock:\n  " + "\n  ".join(held) +
+                     "\nIf it is stale (that deploy is gone), run `fab unlock`.")
 
 
 def release_cmd(owner: Owner) -> C.Cmd:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import lock, report
 from .context import Ctx
-from .engine import Engine
+from .engine import Engine, stages_of
 from .hostkeys import KnownHosts
 from .progress import Progress
 from .transport import Session, Timeouts
@@ -107,7 +107,9 @@ def run(inv, stages, opts: Options = Options(), only: list[str] | None = None,
     restore = _on_interrupt(engine)
     try:
         if not opts.dry_run:
-            lock.acquire_all(list(sessions.values()), owner)
+            # The lock travels in the first round trip, ahead of every stage's facts.
+            taken = engine.prefetch(stages_of(stages), {n: [lock.acquire_fact(owner)] for n in sessions})
+            lock.check_taken(list(sessions.values()), owner, taken)
         try:
             engine.run(stages)
         except KeyboardInterrupt:

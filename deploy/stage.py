@@ -28,6 +28,10 @@ class StageEnv:
 class Stage:
     name = ""
     serial = False          # order-sensitive: one host at a time, each awaited
+    # prepare() may start as soon as the first round trip returned (it only needs facts that
+    # earlier stages do not change, e.g. the hosts' Python for a release build): it then runs
+    # on the control machine while earlier stages run on the hosts.
+    prepare_early = False
 
     def hosts(self, inv) -> list:
         raise NotImplementedError

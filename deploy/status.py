@@ -36,7 +36,7 @@ def host_facts(inv, host) -> list[F.Fact]:
         out.append(rabbitmq.view_fact(inv))
         if host.name == inv.with_role("rabbitmq")[0].name:
             r = inv.rabbitmq
-            out.append(F.json_command("queues", "python3", "-c", QUEUES_SCRIPT, M.USERS_FILE,
+            out.append(F.json_command("queues", "python3", "-I", "-S", "-c", QUEUES_SCRIPT, M.USERS_FILE,
                                       str(r.management_port), r.vhost))
     if host.has("redis") or host in inv.sentinel_hosts():
         # INFO of the local Redis, the local Sentinel's view (hostscripts/redis_state.sh).

@@ -240,7 +240,7 @@ _HEALTH = ("import sys, urllib.request\ntry:\n    urllib.request.urlopen(sys.arg
 
 def healthcheck_fact(inv) -> F.Fact:
     prefix = f"/{inv.flower.url_prefix}" if inv.flower.url_prefix else ""
-    return F.exit_ok("flower_health", "python3", "-c", _HEALTH,
+    return F.exit_ok("flower_health", "python3", "-I", "-S", "-c", _HEALTH,
                      f"http://127.0.0.1:{inv.flower.port}{prefix}/healthcheck")
 
 

@@ -24,8 +24,7 @@ UNIT = "rabbitmq-server.service"
 COOKIE = "/var/lib/rabbitmq/.erlang.cookie"
 RESTART_PENDING = "/var/lib/rabbitmq/.celery-kit-restart-pending"
 HOSTSCRIPTS = Path(__file__).resolve().parents[1] / "hostscripts"
-VIEW_SCRIPT = (HOSTSCRIPTS / "rabbitmq_view.py").read_text()
-STATE_SCRIPT = (HOSTSCRIPTS / "rabbitmq_state.py").read_text()
+FACTS_SCRIPT = (HOSTSCRIPTS / "rabbitmq_facts.py").read_text()
 DECLARE_SCRIPT = (HOSTSCRIPTS / "rabbitmq_declare.py").read_text()
 START_TIMEOUT = 300
 
@@ -34,9 +33,19 @@ def nodes(inv) -> list[str]:
     return [h.name for h in inv.with_role("rabbitmq")]
 
 
-def node_files(ctx, host) -> list:
+def discovery_retries(version: str | None) -> int | None:
+    """RabbitMQ 3.x forms a new cluster under a lock: the node holding it waits its retries
+    for peers that are themselves waiting for the lock, then starts alone and the others join
+    it. Retrying longer only delays that (the default is 10 x 0.5 s). 4.x waits for the
+    declared peers instead: its own defaults stand."""
+    major = M.version_major(version)
+    return 2 if major is not None and major < 4 else None
+
+
+def node_files(ctx, host, version: str | None = None) -> list:
     inv = ctx.inv
-    conf = {"nodes": nodes(inv), "rabbitmq": inv.rabbitmq, "consumer_timeout_ms": M.consumer_timeout_ms(inv)}
+    conf = {"nodes": nodes(inv), "rabbitmq": inv.rabbitmq, "consumer_timeout_ms": M.consumer_timeout_ms(inv),
+            "discovery_retries": discovery_retries(version)}
     cookie = ctx.secret("erlang_cookie", 48).reveal()
     owner = dict(owner="rabbitmq", group="rabbitmq")
     return [
@@ -53,11 +62,28 @@ def node_files(ctx, host) -> list:
     ]
 
 
-def view_fact(inv) -> F.Fact:
-    """How the node sees the cluster (hostscripts/rabbitmq_view.py): running, members,
-    partitions, alarms; None when neither the API nor rabbitmqctl answered."""
-    return F.Fact("cluster", ("python3", "-c", VIEW_SCRIPT, M.USERS_FILE, str(inv.rabbitmq.management_port)),
-                  lambda out, rc: (F.parse_json(out, rc) or {}).get("source") and F.parse_json(out, rc))
+def facts_argv(inv, parts: str) -> tuple[str, ...]:
+    r = inv.rabbitmq
+    return ("python3", "-I", "-S", "-c", FACTS_SCRIPT, M.USERS_FILE, str(r.management_port), r.vhost,
+            r.dead_letter_queue, parts)
+
+
+def part(name: str):
+    return lambda out, rc: (F.parse_json(out, rc) or {}).get(name)
+
+
+def view_fact(inv, with_state: bool = False) -> F.Fact:
+    """How the node sees the cluster (hostscripts/rabbitmq_facts.py): running, members,
+    partitions, alarms; None when neither the API nor rabbitmqctl answered. with_state: the
+    same command as the objects stage's state fact, so the first node starts Python once."""
+    view = part("view")
+    return F.Fact("cluster", facts_argv(inv, "view,state" if with_state else "view"),
+                  lambda out, rc: (v := view(out, rc)) and v.get("source") and v)
+
+
+def state_fact(inv) -> F.Fact:
+    state = part("state")
+    return F.Fact("state", facts_argv(inv, "view,state"), lambda out, rc: state(out, rc) or {"ok": False})
 
 
 def await_node() -> C.Cmd:
@@ -109,7 +135,7 @@ class Config(Stage):
         return {"version": version, "mode": M.queue_mode(ctx.inv, version)}
 
     def plan(self, ctx, host, facts: dict, env: StageEnv) -> Plan:
-        steps = file_changes(node_files(ctx, host), facts["files"])
+        steps = file_changes(node_files(ctx, host, env.prepared["version"]), facts["files"])
         active = facts["units"].get(UNIT, {}).get("ActiveState") == "active"
         # The kit's users file is read by the kit's own facts, never by RabbitMQ.
         restart = [s for s in steps if not s.what.endswith(M.USERS_FILE)]
@@ -166,7 +192,9 @@ class Nodes(Stage):
         return list(inv.with_role("rabbitmq"))
 
     def facts(self, ctx, host) -> list:
-        return [F.units([UNIT]), F.exit_ok("pending", "test", "-e", RESTART_PENDING), view_fact(ctx.inv)]
+        seed = host.name == nodes(ctx.inv)[0]
+        return [F.units([UNIT]), F.exit_ok("pending", "test", "-e", RESTART_PENDING),
+                view_fact(ctx.inv, with_state=seed)]
 
     def plan(self, ctx, host, facts: dict, env: StageEnv) -> Plan:
         inv = ctx.inv
@@ -214,10 +242,7 @@ class Objects(Stage):
         return list(inv.with_role("rabbitmq")[:1])
 
     def facts(self, ctx, host) -> list:
-        r = ctx.inv.rabbitmq
-        return [F.Fact("state", ("python3", "-c", STATE_SCRIPT, M.USERS_FILE, str(r.management_port), r.vhost,
-                                  r.dead_letter_queue),
-                       lambda out, rc: F.parse_json(out, rc) or {"ok": False})]
+        return [state_fact(ctx.inv)]
 
     def plan(self, ctx, host, facts: dict, env: StageEnv) -> Plan:
         inv = ctx.inv
@@ -230,7 +255,7 @@ class Objects(Stage):
         if mode == "quorum" and facts["state"].get("dlq") != "quorum":
             steps.append(Change(f"queue {r.dead_letter_queue} (quorum, where tasks go after "
                                 f"{r.delivery_limit} deliveries)",
-                                [C.cmd("python3", "-c", DECLARE_SCRIPT, M.USERS_FILE, str(r.management_port),
+                                [C.cmd("python3", "-I", "-S", "-c", DECLARE_SCRIPT, M.USERS_FILE, str(r.management_port),
                                        r.vhost, r.dead_letter_queue)]))
         return Plan(steps)
 

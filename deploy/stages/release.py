@@ -85,6 +85,7 @@ def check_lock(inv, project: build.Project) -> None:
 
 class Release(Stage):
     name = "release"
+    prepare_early = True        # the build only needs each host's Python: it overlaps apt
 
     def hosts(self, inv) -> list:
         return app_hosts(inv)

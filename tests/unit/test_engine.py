@@ -36,8 +36,8 @@ class FakeSession:
     def gather(self, facts):
         self.gathers += 1
         values = self.facts(facts) if callable(self.facts) else self.facts
-        # The engine's prefetch labels facts "<stage>\x00<key>": the host sees the command only.
-        return {f.key: values.get(f.key.split("\x00")[-1]) for f in facts}
+        # What the host sees is the command: the test stages' facts are `echo <key>`.
+        return {f.key: f.parse(values.get(f.key if f.key in values else f.argv[-1]), 0) for f in facts}
 
     def run(self, c, check=True, timeout=None):
         text = " ".join(c.argv)
@@ -380,3 +380,21 @@ def test_a_stage_may_decide_per_run_whether_it_is_serial():
     e = engine([a, b])
     e.run([Roll("roll", ["a", "b"], plan, serial=True)])
     assert not e.failed
+
+
+def test_an_early_prepare_overlaps_earlier_stages_and_is_used_when_its_facts_held():
+    calls = []
+    a = FakeSession("a", {"x": "1"})
+
+    class Build(ScriptStage):
+        prepare_early = True
+
+        def prepare(self, ctx, facts):
+            calls.append(dict(facts))
+            return "built"
+
+    seen = {}
+    first = ScriptStage("first", ["a"], lambda h, f, e: Plan([]))
+    build = Build("build", ["a"], lambda h, f, e: seen.setdefault(h, e.prepared) and Plan([]))
+    engine([a]).run([first, build])
+    assert calls == [{"a": {"x": "1"}}] and seen == {"a": "built"}       # prepared once, early

@@ -125,3 +125,16 @@ def test_known_keys_are_loaded_into_the_client(tmp_path):
     assert client.get_host_keys().lookup("[10.0.0.1]:2222")["ssh-ed25519"] == k
     other = hostkeys.explain(OSError("x"), "n", "a", known)
     assert isinstance(other, OSError)
+
+
+def test_the_lock_as_the_first_fact_of_the_first_round_trip():
+    owner = lock.Owner("t0k3n", "alice@ctl pid 1")
+    f = lock.acquire_fact(owner)
+    assert f.argv[-2:] == ("alice@ctl pid 1", "t0k3n") and "mkdir /run/celery-kit.lock" in f.argv[2]
+    assert f.parse("", 0) is None and f.parse("bob@x pid 2\n", 75) == "bob@x pid 2"
+    sessions = [LockHost("a"), LockHost("b")]
+    lock.check_taken(sessions, owner, {"a": {"lock": None}, "b": {"lock": None}})
+    with pytest.raises(lock.Locked, match="b: locked by bob@x pid 2"):
+        lock.check_taken(sessions, owner, {"a": {"lock": None}, "b": {"lock": "bob@x pid 2"}})
+    with pytest.raises(lock.Locked, match="b: could not take the lock \\(the host could not be read\\)"):
+        lock.check_taken(sessions, owner, {"a": {"lock": None}})

@@ -21,12 +21,16 @@ INV = inventory()
 
 
 class Host:
-    def __init__(self, h):
+    def __init__(self, h, held_by=None):
         self.host, self.name = h, h.name
         self.ran, self.round_trips, self.closed = [], 0, False
+        self.gathered, self.held_by = [], held_by
 
     def gather(self, facts):
-        return {f.key: None for f in facts}
+        self.gathered.append([f.key for f in facts])
+        # The deploy lock rides in the first round trip: exit 75 and the holder when held.
+        return {f.key: f.parse(self.held_by or "", 75 if self.held_by else 0) if f.key == "lock" else None
+                for f in facts}
 
     def run(self, c, check=True, timeout=None):
         self.ran.append(c)
@@ -65,8 +69,9 @@ def test_run_locks_runs_unlocks_closes_and_reports(hosts, tmp_path):
     log = tmp_path / "out.txt"
     e = runner.run(INV, [Touch()], progress=out_progress(log))
     for s in hosts.values():
+        assert s.gathered[0][0] == "lock"               # the lock, in the first round trip
         kinds = [c.argv[2].split()[0] if c.argv[0] == "sh" else c.argv[0] for c in s.ran]
-        assert kinds == ["mkdir", "touch", "grep"]       # lock, the change, owner-checked release
+        assert kinds == ["touch", "grep"]               # the change, the owner-checked release
         assert s.closed
     rows = [line.split() for line in log.read_text().splitlines()]
     assert ["node1", "changed", "1"] in rows and ["node3", "changed", "1"] in rows
@@ -79,13 +84,13 @@ def test_a_dry_run_takes_no_lock_and_changes_nothing(hosts, tmp_path):
     assert "DRY RUN" in (tmp_path / "o").read_text() and e.reports["node1"].changed == ["touch: touch a file"]
 
 
-def test_a_refused_lock_runs_nothing(hosts, monkeypatch, tmp_path):
-    def held(sessions, owner):
-        raise lock.Locked("another deploy holds the lock")
-    monkeypatch.setattr(lock, "acquire_all", held)
-    with pytest.raises(lock.Locked):
+def test_a_refused_lock_runs_nothing_and_gives_back_the_others(hosts, tmp_path):
+    hosts["node2"].held_by = "mallory@elsewhere pid 42 since yesterday"
+    with pytest.raises(lock.Locked, match="node2: locked by mallory@elsewhere pid 42") as caught:
         runner.run(INV, [Touch()], progress=out_progress(tmp_path / "o"))
-    assert all(s.ran == [] and s.closed for s in hosts.values())
+    assert "fab unlock" in str(caught.value)
+    for s in hosts.values():
+        assert [c.argv[2].split()[0] for c in s.ran] == ["grep"] and s.closed     # only the owner-checked release
 
 
 def test_scale_workers_records_the_scale_and_limits_the_run(hosts, monkeypatch, tmp_path):

@@ -34,7 +34,7 @@ def host(name):
 # Config ----------------------------------------------------------------------------------
 
 def config_facts(name, active=True, drift=None):
-    files = synced(R.node_files(CTX, host(name)))
+    files = synced(R.node_files(CTX, host(name), "3.10.8-1.1+deb12u2"))
     if drift:
         files.pop(drift)
     return {"files": files, "packages": {"rabbitmq-server": "3.10.8-1.1+deb12u2"},
@@ -194,10 +194,21 @@ def test_a_partition_is_awaited_not_ignored():
     assert not wait.until(view) and wait.until(VIEW) and not wait.until(None)
 
 
+def test_view_and_state_come_from_one_python_start_on_the_first_node():
+    recorded_facts = recorded("bookworm/node1-rabbitmq-facts.json")     # 3.10, mirrored
+    seed_view = R.view_fact(INV, with_state=True)
+    state = R.state_fact(INV)
+    assert seed_view.argv == state.argv                  # the engine runs it once
+    assert seed_view.parse(recorded_facts, 0)["running"] == ["rabbit@node1", "rabbit@node2", "rabbit@node3"]
+    assert state.parse(recorded_facts, 0)["ok"] is True
+    assert R.view_fact(INV).argv[-1] == "view"
+
+
 def test_view_parser_tolerates_a_failed_read():
     fact = R.view_fact(INV)
-    assert fact.parse(recorded("trixie/node1-view.json"), 0)["source"] == "api"
-    assert fact.parse('{"source": null}', 0) is None and fact.parse("", 1) is None
+    assert fact.parse(json.dumps({"view": VIEW, "state": None}), 0)["source"] == "api"
+    assert fact.parse('{"view": {"source": null}}', 0) is None and fact.parse("", 1) is None
+    assert R.state_fact(INV).parse("", 1) == {"ok": False}
 
 
 # Objects ---------------------------------------------------------------------------------
@@ -218,7 +229,7 @@ def test_a_missing_dead_letter_queue_is_declared_as_a_quorum_queue():
     plan = R.Objects().plan(CTX, host("node1"), {"state": dict(STATE, dlq=False)}, quorum_env())
     assert whats(plan) == ["queue celery.dead-letter (quorum, where tasks go after 5 deliveries)"]
     (cmd,) = argvs(plan.steps[0])
-    assert cmd[:2] == ("python3", "-c") and cmd[3:] == (M.USERS_FILE, "15672", "/celery", "celery.dead-letter")
+    assert cmd[:4] == ("python3", "-I", "-S", "-c") and cmd[5:] == (M.USERS_FILE, "15672", "/celery", "celery.dead-letter")
 
 
 def test_objects_run_on_the_first_node_only():
@@ -231,3 +242,11 @@ def test_rolling_restart_restarts_every_node_in_turn_with_a_cluster_check():
     assert whats(plan) == ["rolling restart of rabbit@node2",
                            "await: the cluster shows rabbit@node1, rabbit@node2, rabbit@node3 running"]
     assert R.RollingRestart.serial
+
+
+def test_discovery_retries_are_short_on_3x_and_rabbitmqs_own_on_4x():
+    conf3 = R.node_files(CTX, host("node1"), "3.10.8-1.1+deb12u2")[0].content.decode()
+    conf4 = R.node_files(CTX, host("node1"), "4.0.5-6+deb13u2")[0].content.decode()
+    assert "cluster_formation.discovery_retry_limit = 2" in conf3
+    assert "discovery_retry_limit" not in conf4
+    assert "cluster_formation.classic_config.nodes.3 = rabbit@node3" in conf4
