@@ -2,8 +2,10 @@
 (vhost, users, permissions, policies, guest) from the state read off the management API."""
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
-import re
+import os
 from dataclasses import dataclass
 
 from . import commands as C
@@ -93,10 +95,7 @@ def logins(inv, secret, mode: str = "mirrored") -> list[Login]:
     UI, the kit's reads) but has no rights in the app vhost and may log in from localhost
     only. Flower reads queue lengths through the management API as a monitoring user."""
     r = inv.rabbitmq
-    # With quorum queues the kit declares the dead-letter queue as the admin: configure
-    # rights on that one queue, nothing else.
-    admin_perms = (f"^{re.escape(r.dead_letter_queue)}$", "^$", "^$") if mode == "quorum" else None
-    return [Login(r.admin_user, secret("rabbitmq_admin_password"), ("administrator",), admin_perms),
+    return [Login(r.admin_user, secret("rabbitmq_admin_password"), ("administrator",), None),
             Login(r.app_user, secret("rabbitmq_app_password"), (), ALL_PERMS),
             Login(monitoring_user(inv), secret("rabbitmq_monitoring_password"), ("monitoring",), NO_PERMS)]
 
@@ -132,48 +131,77 @@ def vhost_plan(inv, state: dict, mode: str, major: int | None) -> list[Change]:
     return []
 
 
+def password_hash(password: str, salt: bytes | None = None) -> str:
+    """RabbitMQ's rabbit_password_hashing_sha256: base64(salt(4) + sha256(salt + password))."""
+    salt = salt if salt is not None else os.urandom(4)
+    return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
+
+
+@dataclass(frozen=True)
+class Objects:
+    """What the cluster lacks: a list of names for people, and the definitions to import."""
+    whats: tuple[str, ...]
+    definitions: dict
+
+    def __bool__(self) -> bool:
+        return bool(self.whats)
+
+
+def missing_objects(inv, state: dict, users: list[Login], mode: str, n_nodes: int) -> Objects:
+    """Pure: users, permissions, the policy and the dead-letter queue that differ from state
+    (the JSON of hostscripts/rabbitmq_facts.py; {"ok": False} when the API could not be read,
+    as on a first deploy: then everything is wanted, and importing it is idempotent)."""
+    r = inv.rabbitmq
+    known = state.get("ok", False)
+    present = state.get("users", {}) if known else {}
+    perms = state.get("permissions", {}) if known else {}
+    whats: list[str] = []
+    defs: dict = {"users": [], "permissions": [], "policies": [], "queues": []}
+    for login in users:
+        u = present.get(login.name)
+        change = ("user" if u is None else "password of" if u.get("password_ok") is False else
+                  "tags of" if tuple(sorted(u.get("tags", []))) != login.tags else None)
+        if change:
+            whats.append(f"{change} {login.name}")
+            defs["users"].append({"name": login.name, "password_hash": password_hash(login.password),
+                                  "hashing_algorithm": "rabbit_password_hashing_sha256",
+                                  "tags": ",".join(login.tags)})
+        if login.perms is not None and (not known or tuple(perms.get(login.name) or ()) != login.perms):
+            whats.append(f"permissions of {login.name} on {r.vhost}")
+            configure, write, read = login.perms
+            defs["permissions"].append({"user": login.name, "vhost": r.vhost, "configure": configure,
+                                        "write": write, "read": read})
+    want = policy_definition(inv, mode, n_nodes)
+    wanted = {"pattern": POLICY_PATTERN, "apply-to": "queues", "definition": want, "priority": 0}
+    if (state.get("policies", {}) if known else {}).get(POLICY) != wanted:
+        whats.append(f"policy {POLICY} {json.dumps(want, sort_keys=True)}")
+        defs["policies"].append({"vhost": r.vhost, "name": POLICY, **wanted})
+    if mode == "quorum" and (not known or state.get("dlq") != "quorum"):
+        whats.append(f"queue {r.dead_letter_queue} (quorum, where tasks go after {r.delivery_limit} deliveries)")
+        defs["queues"].append({"name": r.dead_letter_queue, "vhost": r.vhost, "durable": True,
+                               "auto_delete": False, "arguments": {"x-queue-type": "quorum"}})
+    return Objects(tuple(whats), {k: v for k, v in defs.items() if v})
+
+
 def cluster_plan(inv, state: dict, users: list[Login], mode: str, n_nodes: int,
                  major: int | None = None) -> list[Change]:
-    """state: the JSON of hostscripts/rabbitmq_state.py, or {"ok": False} when the API
-    could not be read (first deploy): then every step is planned; each is idempotent."""
+    """The vhost (its own command: its default queue type), then one import of every missing
+    object: users with their password hashes, permissions, the policy, the dead-letter queue
+    (one Erlang VM start instead of one per object, and secrets on stdin, never in argv).
+    Administrator rights taken away and guest removed are commands of their own."""
     r = inv.rabbitmq
     known = state.get("ok", False)
     present = state.get("users", {}) if known else {}
     perms = state.get("permissions", {}) if known else {}
     plan: list[Change] = vhost_plan(inv, state, mode, major)
+    objects = missing_objects(inv, state, users, mode, n_nodes)
+    if objects:
+        plan.append(Change("; ".join(objects.whats), [ctl("import_definitions",
+                                                           stdin=json.dumps(objects.definitions))]))
     for login in users:
-        u = present.get(login.name)
-        if u is None:
-            # add_user fails if the user exists; change_password then sets it. The password
-            # comes on stdin and goes on through printf, a shell builtin: never in argv.
-            plan.append(Change(f"user {login.name}", [C.sh(
-                'pw=$(cat); printf "%s\\n" "$pw" | rabbitmqctl add_user "$1" || '
-                'printf "%s\\n" "$pw" | rabbitmqctl change_password "$1"', login.name,
-                stdin=login.password + "\n")]))
-        elif u.get("password_ok") is False:
-            plan.append(Change(f"password of {login.name}",
-                               [ctl("change_password", login.name, stdin=login.password + "\n")]))
-        if u is None or tuple(sorted(u.get("tags", []))) != login.tags:
-            plan.append(Change(f"tags of {login.name}", [ctl("set_user_tags", login.name, *login.tags)]))
-        have = perms.get(login.name)
-        if login.perms is not None and (not known or tuple(have or ()) != login.perms):
-            plan.append(Change(f"permissions of {login.name} on {r.vhost}",
-                               [ctl("set_permissions", "-p", r.vhost, login.name, *login.perms)]))
-        if login.perms is None and (not known or have is not None):
+        if login.perms is None and (not known or perms.get(login.name) is not None):
             plan.append(Change(f"no permissions for {login.name} on {r.vhost}",
                                [C.sh('rabbitmqctl clear_permissions -p "$1" "$2" || true', r.vhost, login.name)]))
     if not known or "guest" in present:
         plan.append(Change("remove user guest", [C.sh("rabbitmqctl delete_user guest || true")]))
-    plan += policy_plan(inv, state.get("policies", {}) if known else None, mode, n_nodes)
     return plan
-
-
-def policy_plan(inv, policies: dict | None, mode: str, n_nodes: int) -> list[Change]:
-    r = inv.rabbitmq
-    want = policy_definition(inv, mode, n_nodes)
-    wanted = {"pattern": POLICY_PATTERN, "apply-to": "queues", "definition": want, "priority": 0}
-    if (policies or {}).get(POLICY) == wanted:
-        return []
-    return [Change(f"policy {POLICY} {json.dumps(want, sort_keys=True)}",
-                   [ctl("set_policy", "-p", r.vhost, "--priority", "0", "--apply-to", "queues",
-                        POLICY, POLICY_PATTERN, json.dumps(want, sort_keys=True))])]

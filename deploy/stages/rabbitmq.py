@@ -25,7 +25,6 @@ COOKIE = "/var/lib/rabbitmq/.erlang.cookie"
 RESTART_PENDING = "/var/lib/rabbitmq/.celery-kit-restart-pending"
 HOSTSCRIPTS = Path(__file__).resolve().parents[1] / "hostscripts"
 FACTS_SCRIPT = (HOSTSCRIPTS / "rabbitmq_facts.py").read_text()
-DECLARE_SCRIPT = (HOSTSCRIPTS / "rabbitmq_declare.py").read_text()
 START_TIMEOUT = 300
 
 
@@ -249,14 +248,21 @@ class Objects(Stage):
         config = env.output("rabbitmq config", host.name, {})
         mode = config.get("mode") or M.queue_mode(inv, None)
         users = M.logins(inv, lambda n: ctx.secret(n).reveal(), mode)
-        steps = M.cluster_plan(inv, facts["state"], users, mode, len(nodes(inv)),
-                               M.version_major(config.get("version")))
-        r = inv.rabbitmq
-        if mode == "quorum" and facts["state"].get("dlq") != "quorum":
-            steps.append(Change(f"queue {r.dead_letter_queue} (quorum, where tasks go after "
-                                f"{r.delivery_limit} deliveries)",
-                                [C.cmd("python3", "-I", "-S", "-c", DECLARE_SCRIPT, M.USERS_FILE, str(r.management_port),
-                                       r.vhost, r.dead_letter_queue)]))
+        n = len(nodes(inv))
+        steps = M.cluster_plan(inv, facts["state"], users, mode, n, M.version_major(config.get("version")))
+        imports = [i for i, s in enumerate(steps) if s.commands[0].argv[:2] == ("rabbitmqctl", "import_definitions")]
+        if imports:
+            # The import runs asynchronously in the node: done when the state shows it.
+            done = Await("the imported definitions are in place", state_fact(inv),
+                         lambda s: s.get("ok") and not M.missing_objects(inv, s, users, mode, n), 60,
+                         "the definitions import did not show in the management API")
+            i = imports[0] + 1
+            if facts["state"].get("ok"):
+                steps = steps[:i] + [done] + steps[i:]
+            else:
+                # First deploy: the API answers once the admin exists; what is left (guest,
+                # rights to take away) is then planned from what it says, not blindly.
+                steps = steps[:i] + [done, Replan("the management API answers now")]
         return Plan(steps)
 
 

@@ -23,8 +23,15 @@ _INSTALL = """set -e
 R="$1"; T="$2"; W="$3"
 rm -rf "$R"; mkdir -p "$R"
 tar -xzf "$T" -C "$R"
-python3 -m venv "$R/venv"
-"$R/venv/bin/pip" install -q --no-index --no-cache-dir --disable-pip-version-check \\
+# No pip inside the release venv (it never installs anything later): pip runs from the wheel
+# Debian ships with python3-venv, which also saves seeding pip into every venv.
+P=$(ls /usr/share/python-wheels/pip-*.whl 2>/dev/null | head -n 1)
+if [ -n "$P" ]; then
+  python3 -m venv --without-pip "$R/venv"; PIP="$R/venv/bin/python $P/pip"
+else
+  python3 -m venv "$R/venv"; PIP="$R/venv/bin/pip"
+fi
+$PIP install -q --no-index --no-cache-dir --disable-pip-version-check \\
   --find-links "$R/wheels" -r "$R/requirements.txt" "$R/wheels/$W"
 # The kit's settings module, importable as celery_kit_config inside the venv.
 mv "$R/celery_kit_config.py" "$("$R/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/"

@@ -62,7 +62,7 @@ def test_policy_pattern_skips_amq_celery_transients_and_delayed_delivery():
 
 def test_least_privilege_logins():
     by = {lg.name: lg for lg in M.logins(INV, SECRET, "quorum")}
-    assert by["admin"].tags == ("administrator",) and by["admin"].perms == ("^celery\\.dead\\-letter$", "^$", "^$")
+    assert by["admin"].tags == ("administrator",) and by["admin"].perms is None
     assert by["celery"].tags == () and by["celery"].perms == M.ALL_PERMS
     assert by["celery-kit-monitor"].tags == ("monitoring",) and by["celery-kit-monitor"].perms == M.NO_PERMS
     assert {lg.name: lg.perms for lg in M.logins(INV, SECRET, "mirrored")}["admin"] is None
@@ -73,38 +73,60 @@ def test_users_file_holds_every_login_for_the_facts():
     assert set(doc) == {"admin", "app", "monitoring"} and doc["app"]["user"] == "celery"
 
 
-STATE = json.loads(recorded("trixie/node1-state.json"))
+STATE = json.loads(recorded("bookworm/node1-rabbitmq-facts.json"))["state"]      # RabbitMQ 3.10, mirrored
+
+
+def quorum_state():
+    """The recorded state as it is once the quorum mode's policy and dead-letter queue are in."""
+    s = json.loads(json.dumps(STATE))
+    s["policies"][M.POLICY]["definition"] = M.policy_definition(INV, "quorum", 3)
+    s["dlq"] = "quorum"
+    return s
 
 
 def test_converged_cluster_gives_an_empty_plan():
-    assert M.cluster_plan(INV, STATE, M.logins(INV, SECRET, "quorum"), "quorum", 3) == []
+    # password_ok is decided on the host (against the users file): only the flags matter here.
+    assert STATE["ok"] and M.cluster_plan(INV, STATE, M.logins(INV, SECRET, "mirrored"), "mirrored", 3) == []
+    assert M.cluster_plan(INV, quorum_state(), M.logins(INV, SECRET, "quorum"), "quorum", 3) == []
 
 
-def test_unknown_state_plans_every_idempotent_step_and_keeps_passwords_off_argv():
-    users = M.logins(INV, SECRET, "mirrored")
-    plan = M.cluster_plan(INV, {"ok": False}, users, "mirrored", 3)
+def test_unknown_state_imports_everything_in_one_call_with_secrets_on_stdin():
+    users = M.logins(INV, SECRET, "quorum")
+    plan = M.cluster_plan(INV, {"ok": False}, users, "quorum", 3, 4)
     whats = [c.what for c in plan]
-    assert whats[0] == "vhost /celery" and "remove user guest" in whats
-    assert "no permissions for admin on /celery" in whats
-    assert any(w.startswith("policy celery-kit-ha") for w in whats)
+    assert whats[0] == "vhost /celery (default queue type quorum)"
+    (imp,) = [c for c in plan if c.commands[0].argv[:2] == ("rabbitmqctl", "import_definitions")]
+    assert imp.commands[0].argv == ("rabbitmqctl", "import_definitions")      # stdin: no file argument
+    defs = json.loads(imp.commands[0].stdin)
+    assert {u["name"] for u in defs["users"]} == {"admin", "celery", "celery-kit-monitor"}
+    assert {u["hashing_algorithm"] for u in defs["users"]} == {"rabbit_password_hashing_sha256"}
+    assert defs["queues"] == [{"name": "celery.dead-letter", "vhost": "/celery", "durable": True,
+                               "auto_delete": False, "arguments": {"x-queue-type": "quorum"}}]
+    assert [p["name"] for p in defs["policies"]] == [M.POLICY]
+    assert "no permissions for admin on /celery" in whats and "remove user guest" in whats
     for change in plan:
         for c in change.commands:
             for u in users:
-                assert u.password not in " ".join(c.argv)
-    (user_admin,) = [c for c in plan if c.what == "user admin"]
-    assert user_admin.commands[0].stdin == (SECRET("rabbitmq_admin_password") + "\n").encode()
+                assert u.password not in " ".join(c.argv) and u.password.encode() not in (c.stdin or b"")
+
+
+def test_password_hash_is_rabbitmqs_sha256_scheme():
+    import base64
+    import hashlib
+    h = M.password_hash("s3cret", b"\x01\x02\x03\x04")
+    raw = base64.b64decode(h)
+    assert raw[:4] == b"\x01\x02\x03\x04" and raw[4:] == hashlib.sha256(b"\x01\x02\x03\x04s3cret").digest()
 
 
 def test_drift_guest_back_password_changed_policy_changed():
-    state = json.loads(json.dumps(STATE))
+    state = quorum_state()
     state["users"]["guest"] = {"tags": ["administrator"], "password_ok": None}
     state["users"]["celery"]["password_ok"] = False
     state["policies"][M.POLICY]["definition"]["delivery-limit"] = 19
     whats = [c.what for c in M.cluster_plan(INV, state, M.logins(INV, SECRET, "quorum"), "quorum", 3)]
-    assert whats == ["password of celery", "remove user guest",
-                     'policy celery-kit-ha {"dead-letter-exchange": "", "dead-letter-routing-key": '
+    assert whats == ['password of celery; policy celery-kit-ha {"dead-letter-exchange": "", "dead-letter-routing-key": '
                      '"celery.dead-letter", "dead-letter-strategy": "at-least-once", "delivery-limit": 4, '
-                     '"overflow": "reject-publish"}']
+                     '"overflow": "reject-publish"}', "remove user guest"]
 
 
 def test_an_administrator_with_app_rights_loses_them():

@@ -213,23 +213,31 @@ def test_view_parser_tolerates_a_failed_read():
 
 # Objects ---------------------------------------------------------------------------------
 
-STATE = json.loads(recorded("trixie/node1-state.json"))
+STATE = json.loads(recorded("bookworm/node1-rabbitmq-facts.json"))["state"]
 
 
 def quorum_env():
-    return env({"rabbitmq config": {"node1": {"mode": "quorum"}}})
+    return env({"rabbitmq config": {"node1": {"mode": "quorum", "version": "4.0.5-6+deb13u2"}}})
+
+
+def quorum_state():
+    s = json.loads(json.dumps(STATE))
+    s["policies"][M.POLICY]["definition"] = M.policy_definition(INV, "quorum", 3)
+    s["dlq"], s["default_queue_type"] = "quorum", "quorum"
+    return s
 
 
 def test_converged_objects_give_an_empty_plan_in_quorum_mode():
-    assert STATE["dlq"] == "quorum"
-    assert whats(R.Objects().plan(CTX, host("node1"), {"state": STATE}, quorum_env())) == []
+    assert whats(R.Objects().plan(CTX, host("node1"), {"state": quorum_state()}, quorum_env())) == []
 
 
-def test_a_missing_dead_letter_queue_is_declared_as_a_quorum_queue():
-    plan = R.Objects().plan(CTX, host("node1"), {"state": dict(STATE, dlq=False)}, quorum_env())
-    assert whats(plan) == ["queue celery.dead-letter (quorum, where tasks go after 5 deliveries)"]
-    (cmd,) = argvs(plan.steps[0])
-    assert cmd[:4] == ("python3", "-I", "-S", "-c") and cmd[5:] == (M.USERS_FILE, "15672", "/celery", "celery.dead-letter")
+def test_a_missing_dead_letter_queue_is_imported_then_awaited():
+    plan = R.Objects().plan(CTX, host("node1"), {"state": dict(quorum_state(), dlq=False)}, quorum_env())
+    assert whats(plan) == ["queue celery.dead-letter (quorum, where tasks go after 5 deliveries)",
+                           "await: the imported definitions are in place"]
+    wait = plan.steps[-1]
+    assert wait.until(quorum_state()) and not wait.until(dict(quorum_state(), dlq=False))
+    assert not wait.until({"ok": False})
 
 
 def test_objects_run_on_the_first_node_only():
@@ -250,3 +258,14 @@ def test_discovery_retries_are_short_on_3x_and_rabbitmqs_own_on_4x():
     assert "cluster_formation.discovery_retry_limit = 2" in conf3
     assert "discovery_retry_limit" not in conf4
     assert "cluster_formation.classic_config.nodes.3 = rabbit@node3" in conf4
+
+
+def test_a_first_deploy_imports_then_plans_the_rest_from_what_the_api_says():
+    plan = R.Objects().plan(CTX, host("node1"), {"state": {"ok": False}}, quorum_env())
+    assert [w.split(";")[0] for w in whats(plan)] == [
+        "vhost /celery (default queue type quorum)", "user admin",
+        "await: the imported definitions are in place", "replan: the management API answers now"]
+    # Next round, the API answers: guest is gone already, the admin has no rights: nothing.
+    assert whats(R.Objects().plan(CTX, host("node1"), {"state": quorum_state()}, quorum_env())) == []
+    with_guest = dict(quorum_state(), users={**quorum_state()["users"], "guest": {"tags": [], "password_ok": None}})
+    assert whats(R.Objects().plan(CTX, host("node1"), {"state": with_guest}, quorum_env())) == ["remove user guest"]
