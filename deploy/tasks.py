@@ -196,4 +196,14 @@ def rabbitmq_restart(c, inventory=DEFAULT_INVENTORY):
     guarded(lambda: operate.rabbitmq_restart(inv, options(c)))
 
 
-rabbitmq = Collection("rabbitmq", rabbitmq_restart)
+@kit_task(name="migrate", help={**INV, **DRY, "from_vhost": "the vhost the cluster used before (e.g. /celery)",
+                                 "delete_old": "delete that vhost once it is empty"})
+def rabbitmq_migrate(c, from_vhost, delete_old=False, dry_run=False, inventory=DEFAULT_INVENTORY):
+    """Move the tasks left in a former vhost into the inventory's (mirrored -> quorum)."""
+    from . import migrate
+    inv = load(inventory)
+    guarded(lambda: runner.run(inv, [migrate.MoveTasks(from_vhost, delete_old)], options(c, dry_run),
+                               only=[inv.with_role("rabbitmq")[0].name]))
+
+
+rabbitmq = Collection("rabbitmq", rabbitmq_restart, rabbitmq_migrate)

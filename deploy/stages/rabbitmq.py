@@ -51,7 +51,8 @@ def node_files(ctx, host, version: str | None = None) -> list:
         from_template("/etc/rabbitmq/rabbitmq.conf", "rabbitmq.conf.j2", conf, mode=0o640, **owner),
         from_template("/etc/rabbitmq/rabbitmq-env.conf", "rabbitmq-env.conf.j2", {"host": host},
                       mode=0o644, **owner),
-        managed("/etc/rabbitmq/enabled_plugins", "[rabbitmq_management,rabbitmq_prometheus].\n",
+        # The shovel plugin only acts on shovels defined at run time: `fab rabbitmq.migrate`.
+        managed("/etc/rabbitmq/enabled_plugins", "[rabbitmq_management,rabbitmq_prometheus,rabbitmq_shovel].\n",
                 mode=0o644, **owner),
         # The same cookie on every node is what lets them talk; root's copy is for the CLI.
         managed(COOKIE, cookie, mode=0o400, secret=True, **owner),
