@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass
 
 from . import commands as C
+from .files import managed
 from .steps import Change
 
 POLICY = "celery-kit-ha"
@@ -17,6 +18,7 @@ POLICY = "celery-kit-ha"
 # clients; replicating them only costs.
 POLICY_PATTERN = r"^(?!amq\.)(?!celeryev\.)(?!celery_delayed_)(?!.*\.pidbox$).*"
 USERS_FILE = "/etc/celery-kit/rabbitmq-users.json"     # root 0600, read by the facts
+DEFINITIONS = "/var/lib/rabbitmq/.celery-kit-definitions.json"   # only while importing
 
 
 def queue_mode(inv, version: str | None) -> str:
@@ -196,8 +198,12 @@ def cluster_plan(inv, state: dict, users: list[Login], mode: str, n_nodes: int,
     plan: list[Change] = vhost_plan(inv, state, mode, major)
     objects = missing_objects(inv, state, users, mode, n_nodes)
     if objects:
-        plan.append(Change("; ".join(objects.whats), [ctl("import_definitions",
-                                                           stdin=json.dumps(objects.definitions))]))
+        # A file only the rabbitmq user can read (rabbitmqctl runs as that user; RabbitMQ 4's
+        # CLI does not take definitions on stdin), removed right after the import.
+        defs = managed(DEFINITIONS, json.dumps(objects.definitions, sort_keys=True), owner="rabbitmq",
+                       group="rabbitmq", mode=0o600, secret=True)
+        plan.append(Change("; ".join(objects.whats), [ctl("import_definitions", DEFINITIONS),
+                                                      C.cmd("rm", "-f", DEFINITIONS)], file=defs))
     for login in users:
         if login.perms is None and (not known or perms.get(login.name) is not None):
             plan.append(Change(f"no permissions for {login.name} on {r.vhost}",

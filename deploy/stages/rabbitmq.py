@@ -251,7 +251,8 @@ class Objects(Stage):
         users = M.logins(inv, lambda n: ctx.secret(n).reveal(), mode)
         n = len(nodes(inv))
         steps = M.cluster_plan(inv, facts["state"], users, mode, n, M.version_major(config.get("version")))
-        imports = [i for i, s in enumerate(steps) if s.commands[0].argv[:2] == ("rabbitmqctl", "import_definitions")]
+        imports = [i for i, s in enumerate(steps) if s.commands and
+                   s.commands[0].argv[:2] == ("rabbitmqctl", "import_definitions")]
         if imports:
             # The import runs asynchronously in the node: done when the state shows it.
             done = Await("the imported definitions are in place", state_fact(inv),

@@ -96,8 +96,10 @@ def test_unknown_state_imports_everything_in_one_call_with_secrets_on_stdin():
     whats = [c.what for c in plan]
     assert whats[0] == "vhost /celery (default queue type quorum)"
     (imp,) = [c for c in plan if c.commands[0].argv[:2] == ("rabbitmqctl", "import_definitions")]
-    assert imp.commands[0].argv == ("rabbitmqctl", "import_definitions")      # stdin: no file argument
-    defs = json.loads(imp.commands[0].stdin)
+    assert [c.argv for c in imp.commands] == [("rabbitmqctl", "import_definitions", M.DEFINITIONS),
+                                              ("rm", "-f", M.DEFINITIONS)]
+    assert (imp.file.path, imp.file.owner, imp.file.mode, imp.file.secret) == (M.DEFINITIONS, "rabbitmq", 0o600, True)
+    defs = json.loads(imp.file.content)
     assert {u["name"] for u in defs["users"]} == {"admin", "celery", "celery-kit-monitor"}
     assert {u["hashing_algorithm"] for u in defs["users"]} == {"rabbit_password_hashing_sha256"}
     assert defs["queues"] == [{"name": "celery.dead-letter", "vhost": "/celery", "durable": True,
@@ -108,6 +110,8 @@ def test_unknown_state_imports_everything_in_one_call_with_secrets_on_stdin():
         for c in change.commands:
             for u in users:
                 assert u.password not in " ".join(c.argv) and u.password.encode() not in (c.stdin or b"")
+            if change.file is not None:
+                assert u.password.encode() not in change.file.content          # hashes only
 
 
 def test_password_hash_is_rabbitmqs_sha256_scheme():
