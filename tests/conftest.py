@@ -162,6 +162,21 @@ def celery_settings(first_deploy):
     return MaskedDict(client_env())
 
 
+def fresh_connections(app) -> None:
+    """Drop an app's broker and backend connections (and their pools): the next use connects
+    anew, with whatever settings the app has then."""
+    from kombu import pools
+    app.pool.force_close_all()
+    app._pool = None                         # a closed pool cannot be used again: a new one
+    app.amqp._producer_pool = None
+    pools.reset()                            # kombu's own registry of producer pools too
+    try:
+        app.backend.client.close()
+        del app._local.backend
+    except AttributeError:
+        pass
+
+
 @pytest.fixture(scope="session")
 def celery_app(celery_settings):
     """The task package's app, configured exactly like a producer after `fab client-env`."""

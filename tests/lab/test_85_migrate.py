@@ -8,7 +8,7 @@ import sys
 import time
 
 from brokerutil import wait_for
-from conftest import PROJECT, client_env, fab, inventory_variant
+from conftest import PROJECT, client_env, fab, fresh_connections, inventory_variant
 
 sys.path.insert(0, str(PROJECT / "tests" / "chaos"))
 from harness import Load, wait_settled  # noqa: E402
@@ -41,8 +41,7 @@ def test_moving_to_a_new_quorum_vhost_loses_no_task(celery_app, tmp_path, first_
         time.sleep(3)            # the old producer keeps publishing after the workers left (the timeline)
     finally:
         old_load.finish()
-    celery_app.pool.force_close_all()                  # the old producer goes away
-    celery_app.backend.client.close()
+    fresh_connections(celery_app)                      # the old producer goes away
     env = client_env(moved, tmp_path / "client")
     new = subprocess.run([sys.executable, "-c", PRODUCER, "200", "moved"], env={**env, "PATH": "/usr/bin:/bin"},
                          capture_output=True, text=True, timeout=120, cwd="/")

@@ -5,7 +5,7 @@ import redis as redis_py
 import pytest
 
 from brokerutil import wait_for
-from conftest import PROJECT, client_env, fab
+from conftest import PROJECT, client_env, fab, fresh_connections
 
 import sys
 sys.path.insert(0, str(PROJECT / "tests" / "chaos"))
@@ -38,9 +38,7 @@ def test_rotation_under_load_loses_and_fails_nothing(inv, celery_app, celery_set
     import os
     os.environ.update(fresh)                 # Celery reads CELERY_BROKER_URL / _RESULT_BACKEND from here
     celery_app.conf.update(broker_url=fresh["CELERY_BROKER_URL"], result_backend=fresh["CELERY_RESULT_BACKEND"])
-    celery_app.pool.force_close_all()
-    celery_app.backend.client.close()
-    del celery_app._local.backend            # the next use builds a backend with the new URL
+    fresh_connections(celery_app)
     assert add.delay(1, 2).get(timeout=30) == 3
 
     fab("rotate-secrets", "--finish")

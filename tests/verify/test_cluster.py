@@ -88,3 +88,22 @@ def test_workers(inv, connect, scale):
 def test_beat_on_exactly_one_host(inv, connect):
     running = [h.name for h in inv.hosts if connect(h).service("celery-beat").is_running]
     assert running == [h.name for h in inv.with_role("beat")]
+
+
+def test_firewall(inv, connect):
+    """The kit's nftables table is loaded and refuses by default; nftables loads it at boot."""
+    if not inv.firewall.enabled:
+        return
+    for h in inv.hosts:
+        host = connect(h)
+        table = host.check_output("nft list table inet celery_kit")
+        assert "policy drop" in table, h.name
+        assert host.service("nftables").is_enabled, h.name
+
+
+def test_rabbitmq_least_privilege(inv, connect):
+    host = connect(inv.with_role("rabbitmq")[0])
+    perms = {p["user"] for p in json.loads(host.check_output(
+        f"rabbitmqctl list_permissions -p {inv.rabbitmq.vhost} --formatter json"))
+        if (p["configure"], p["write"], p["read"]) != ("^$", "^$", "^$")}
+    assert perms == {inv.rabbitmq.app_user}        # the administrator has no rights in the app vhost
