@@ -31,7 +31,6 @@ from deploy.inventory import load_inventory
 from deploy.secrets import Secret
 from deploy.stage import StageEnv
 from deploy.stages import redis as RS
-from deploy.stages import sentinel as SS
 from deploy.steps import Change
 
 FIXTURES = Path(__file__).resolve().parents[1] / "unit" / "fixtures"
