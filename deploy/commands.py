@@ -76,12 +76,15 @@ APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
 # While packages install, policy-rc.d keeps their services from starting with Debian's
 # defaults (a RabbitMQ node with the wrong cookie, a Redis without a password); each
 # component's stage starts its service once its configuration is in place.
-# An existing policy-rc.d is kept aside and put back whatever happens (trap).
+# An existing policy-rc.d is kept aside and put back whatever happens (trap); one already
+# kept aside by a run that was killed is the original and stays. A deploy interrupted while
+# dpkg ran leaves it half-configured ("dpkg was interrupted"): `dpkg --configure -a` (a no-op
+# otherwise) finishes that first, so the next deploy converges.
 _APT_SCRIPT = (
-    'P=/usr/sbin/policy-rc.d; [ -e $P ] && mv $P $P.ck-saved; '
+    'P=/usr/sbin/policy-rc.d; [ -e $P.ck-saved ] || { [ -e $P ] && mv $P $P.ck-saved; }; '
     'trap \'rm -f $P; [ -e $P.ck-saved ] && mv $P.ck-saved $P\' EXIT HUP TERM; '
     'printf "#!/bin/sh\\nexit 101\\n" > $P && chmod 755 $P; '
-    'apt-get update -q && apt-get install -y -q --no-install-recommends "$@"')
+    'dpkg --configure -a && apt-get update -q && apt-get install -y -q --no-install-recommends "$@"')
 
 
 def apt_install(packages: list[str]) -> list[Cmd]:

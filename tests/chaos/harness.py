@@ -62,6 +62,7 @@ class Load(threading.Thread):
         self.stop = threading.Event()
         self.run_id = uuid.uuid4().hex[:8]
         self.sent: dict[str, str] = {}            # tag -> task id, confirmed only
+        self.confirmed_at: list[float] = []       # epoch seconds of each confirmed publish
         self.published = 0
         self.errors: list[str] = []
 
@@ -74,6 +75,7 @@ class Load(threading.Thread):
             try:
                 r = self.task.apply_async((tag,), {"seconds": self.seconds})
                 self.sent[tag] = r.id
+                self.confirmed_at.append(time.time())
             except Exception as exc:                      # not confirmed: not counted as lost
                 self.errors.append(f"{type(exc).__name__}: {exc}"[:200])
             delay = t0 + n / self.rate - time.monotonic()
@@ -141,6 +143,12 @@ def account(name: str, mode: str, app, load: Load, worker_hosts, started: float,
                 completed=len(done), lost=len(ids) - len(done), executions=sum(execs.values()),
                 duplicates=sum(n - 1 for n in execs.values() if n > 1), max_gap=max(gaps, default=0.0),
                 recovery=(after[0] - fault_at) if after else None)
+    if gaps:
+        i = gaps.index(o.max_gap)
+        where = f"{times[i] - fault_at:+.1f} s from the fault" if fault_at is not None else ""
+        pub = [b - a for a, b in zip(load.confirmed_at, load.confirmed_at[1:])]
+        o.notes.append(f"longest gap begins {where}; longest wait between confirmed publishes "
+                       f"{max(pub, default=0.0):.1f} s")
     lost = [tag for tag, tid in load.sent.items() if tid not in done]
     if lost:
         o.notes.append(f"lost: {', '.join(lost[:10])}{' ...' if len(lost) > 10 else ''}; "

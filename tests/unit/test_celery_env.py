@@ -104,3 +104,40 @@ def test_a_celery_app_picks_the_settings_up(monkeypatch):
     app = Celery("x")
     app.config_from_object("celery_kit_config")
     assert app.conf.task_default_queue_type == "quorum" and app.conf.result_serializer == "json"
+
+
+def test_quorum_workers_set_delayed_delivery_up_through_the_node_they_are_connected_to(monkeypatch):
+    """Celery's own step declares through every broker URL and waits on each node that is down;
+    the kit's declares once, through a clone of the consumer's connection."""
+    s = load_settings(monkeypatch, CELERY_QUEUE_TYPE="quorum",
+                      CELERY_BROKER_URL="amqp://u:p@10.0.0.1//v;amqp://u:p@10.0.0.2//v")
+    assert s.worker_consumer == "celery_kit_config:KitConsumer"
+    from celery import Celery
+    from kombu.utils.imports import symbol_by_name
+    consumer = symbol_by_name(s.worker_consumer)
+    step = next(st for st in consumer.Blueprint.default_steps if not isinstance(st, str))
+    assert [x for x in consumer.Blueprint.default_steps if isinstance(x, str) and "DelayedDelivery" in x] == []
+    app = Celery("x")
+    app.config_from_object("celery_kit_config")
+    seen = []
+
+    class Conn:
+        def __init__(self, name): self.name = name
+        def clone(self): return Conn("clone")
+        def as_uri(self): return self.name
+        def __enter__(self): return self
+        def __exit__(self, *a): seen.append(("closed", self.name))
+
+    import celery_kit_config
+    monkeypatch.setattr("kombu.transport.native_delayed_delivery.declare_native_delayed_delivery_exchanges_and_queues",
+                        lambda conn, qtype: seen.append(("declare", conn.name, qtype)))
+    monkeypatch.setattr(step, "_bind_queues", lambda self, app, conn: seen.append(("bind", conn.name)))
+    consumer_stub = type("C", (), {"app": app, "connection": Conn("consumer")})()
+    step.start(object.__new__(step), consumer_stub)
+    assert seen == [("declare", "clone", "quorum"), ("bind", "clone"), ("closed", "clone")]
+    assert celery_kit_config._kit_consumer() is consumer           # built once
+
+
+def test_mirrored_workers_keep_celerys_consumer(monkeypatch):
+    s = load_settings(monkeypatch, CELERY_QUEUE_TYPE="classic")
+    assert not hasattr(s, "worker_consumer")
