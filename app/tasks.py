@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
 import time
@@ -45,6 +46,14 @@ def record_id(self, tag=None, seconds=0):
         time.sleep(float(seconds))
     return {"id": self.request.id, "tag": tag, "hostname": self.request.hostname,
             "host": socket.gethostname(), "release": release_id()}
+
+
+@app.task
+def crash(tag=None):
+    """Kills the worker process that runs it, every time (a segfaulting C extension, the OOM
+    killer): with quorum queues it ends in the dead-letter queue after the delivery limit."""
+    logger.info("crash-exec %s", tag)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 @app.task

@@ -1,9 +1,12 @@
 """The same cluster switched to quorum queues (inventory queue_mode: quorum, on its own
-vhost): no HA policy, Celery declares quorum queues, and a SIGKILLed leader loses nothing."""
+vhost): no HA policy, Celery declares quorum queues, a SIGKILLed leader loses nothing, a task
+that kills its worker ends in the dead-letter queue, countdown tasks wait in the broker."""
 
 import pytest
 
-from brokerutil import api, consume_all, declare, publish, queue_info, wait_for
+from kombu import Queue
+
+from brokerutil import api, connection, consume_all, declare, publish, queue_info, wait_for
 from conftest import PROJECT, client_env, fab, inventory_variant, summary_rows
 
 VHOST = "/celery-quorum"
@@ -63,3 +66,71 @@ def test_sigkill_of_the_quorum_leader_loses_no_confirmed_message(quorum, hosts, 
     want = {f"rabbit@{h.name}" for h in inv.with_role("rabbitmq")}
     wait_for(lambda: want <= {n["name"] for n in api(inv, secrets, "/nodes", other.address)
                               if n.get("running")}, 120, f"rabbit@{leader} back in the cluster")
+
+
+def run_client(quorum, code: str, timeout: float = 180) -> str:
+    """Python code run as a producer with the quorum inventory's client settings."""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", code], env={**quorum["settings"], "PATH": "/usr/bin:/bin"},
+                         cwd=PROJECT, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
+def test_a_task_that_kills_its_worker_every_time_ends_in_the_dead_letter_queue(quorum, hosts, secrets):
+    """No poison-message loop: after delivery_limit deliveries RabbitMQ moves it aside, and the
+    workers go on with other tasks."""
+    import uuid
+    inv = quorum["inv"]
+    tag = "crash-" + uuid.uuid4().hex[:8]
+    dlq = inv.rabbitmq.dead_letter_queue
+    before = queue_info(inv, secrets, dlq)["messages"]
+    task_id = run_client(quorum, f"from app.tasks import crash; print(crash.delay({tag!r}).id)").strip()
+    wait_for(lambda: queue_info(inv, secrets, dlq)["messages"] == before + 1, 180,
+             f"the crashing task in {dlq}")
+    grep = (f"sudo journalctl -u 'celery-worker@*' --since -10min -o cat --no-pager"
+            f" | grep -cF 'crash-exec {tag}' || true")
+    runs = sum(int(hosts[h.name].run(grep).stdout.strip() or 0) for h in inv.with_role("worker"))
+    assert runs == inv.rabbitmq.delivery_limit, f"ran {runs} times, limit {inv.rabbitmq.delivery_limit}"
+    # The dead letter is the task itself (its id in the headers), dead-lettered for the limit.
+    with connection(quorum["urls"]) as conn:
+        queue = Queue(dlq, no_declare=True)(conn.default_channel)
+        while (msg := queue.get(accept=["msgpack", "json"])) is not None:
+            msg.ack()
+            if msg.headers.get("id") == task_id:
+                break
+    assert msg is not None, f"task {task_id} not in {dlq}"
+    assert msg.headers["x-first-death-reason"] == "delivery_limit"
+    assert run_client(quorum, "from app.tasks import add; print(add.delay(20, 22).get(timeout=60))").strip() == "42"
+
+
+def test_countdown_tasks_wait_in_the_broker_not_in_a_worker(quorum, secrets):
+    """Native delayed delivery: a countdown task sits in RabbitMQ's celery_delayed_* queues (a
+    worker holding it unacknowledged would meet consumer_timeout on a long ETA) and runs once
+    its time has come."""
+    import json
+    inv = quorum["inv"]
+    code = ("import json, time\nfrom app.tasks import record_id\n"
+            "t0 = time.time(); r = record_id.apply_async(('countdown',), countdown=12)\n"
+            "print(json.dumps({'id': r.id, 'sent': t0}), flush=True)\n"
+            "import sys; sys.stdin.readline()\n"
+            "r.get(timeout=90); print(json.dumps({'done': r.date_done.timestamp()}), flush=True)\n")
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, "-c", code], env={**quorum["settings"], "PATH": "/usr/bin:/bin"},
+                            cwd=PROJECT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        sent = json.loads(proc.stdout.readline())["sent"]
+        vh = inv.rabbitmq.vhost.replace("/", "%2F")
+        delayed = wait_for(lambda: [q for q in api(inv, secrets, f"/queues/{vh}")
+                                    if q["name"].startswith("celery_delayed_") and q.get("messages")], 10,
+                           "the task in a celery_delayed_* queue")
+        assert all(q["type"] == "quorum" for q in delayed)
+        assert queue_info(inv, secrets, "celery").get("messages_unacknowledged", 0) == 0
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        done = json.loads(proc.stdout.readline())["done"]
+    finally:
+        proc.kill()
+    assert 12 <= done - sent < 40, done - sent
