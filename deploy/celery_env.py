@@ -68,6 +68,7 @@ def celery_env(inv, broker_password: str, redis_password: str, queue_mode: str =
         "CELERY_TASK_SERIALIZER": c.serializer,
         "CELERY_RESULT_EXPIRES": str(c.result_expires),
         "CELERY_PREFETCH_MULTIPLIER": str(c.prefetch_multiplier),
+        "CELERY_TASK_EVENTS": "1" if c.task_events else "0",
         "CELERY_TIME_LIMIT": str(c.time_limit),
         "CELERY_DEFAULT_QUEUE": c.queues[0],
         "CELERY_QUEUE_TYPE": "quorum" if queue_mode == "quorum" else "classic",

@@ -98,6 +98,9 @@ def flower_env(ctx, host, mode: str = "mirrored") -> dict[str, str]:
         logins.append(f"{user}:{pw}")
     env["FLOWER_BROKER_API"] = broker_api_url(inv, host, ctx.secret("rabbitmq_monitoring_password").reveal())
     env["FLOWER_BASIC_AUTH"] = ",".join(logins)
+    # Flower turns task events on in every worker every few seconds (enable_events control
+    # command) unless told not to: celery.task_events: false must reach Flower too.
+    env["FLOWER_ENABLE_EVENTS"] = "true" if inv.celery.task_events else "false"
     return env
 
 
@@ -227,10 +230,23 @@ def flower_plan(ctx, host, files: list[ManagedFile], facts: dict) -> list:
         service.append(Await("Flower answers on its health check", healthcheck_fact(ctx.inv),
                              bool, 90, "Flower did not answer on 127.0.0.1 after its (re)start; see "
                              f"`journalctl -u {UNIT}` on {host.name}", interval=0.2))
+        if not ctx.inv.celery.task_events:
+            service.append(Change("workers stop sending task events (a Flower that had them on is gone)",
+                                  [disable_events_cmd(ctx.inv)]))
         if facts.get("release_switched"):
             service.append(Change("Flower restarted onto the new release: clear the marker",
                                   [C.cmd("rm", "-f", FLOWER_RESTART_PENDING)]))
     return plan + service
+
+
+def disable_events_cmd(inv) -> C.Cmd:
+    """Flower turns task events on in every worker (enable_events) until it is told not to; a
+    worker keeps them on until it restarts. When the inventory turns them off, the restarted
+    Flower no longer does, and this turns off what the previous Flower turned on. As the
+    flower user, with Flower's settings (from its environment file, never the command line)."""
+    script = 'set -a; . "$0"; set +a; exec "$1" -A "$2" control disable_events --timeout 2'
+    return C.cmd("runuser", "-u", "flower", "--", "sh", "-c", script, ENV,
+                 f"{BASE}/current/venv/bin/celery", inv.celery.app)
 
 
 # Flower's /healthcheck (exempt from its own auth) on localhost, from the host itself.

@@ -241,6 +241,13 @@ def test_env_file_is_secret_root_flower_0640_with_what_flower_needs(ctx):
     assert env["FLOWER_BROKER_API"] == f"'http://celery-kit-monitor:{monitor_pw}@127.0.0.1:15672/api/'"
     flower_pw = ctx.secret("flower_admin_password").reveal()
     assert env["FLOWER_BASIC_AUTH"] == f"'admin:{flower_pw}'"
+    assert env["FLOWER_ENABLE_EVENTS"] == "'true'"
+
+
+def test_flower_leaves_task_events_off_when_the_inventory_turns_them_off(inv, tmp_path):
+    ctx = make_ctx(dataclasses.replace(inv, celery=dataclasses.replace(inv.celery, task_events=False)), tmp_path)
+    env = FL.flower_env(ctx, node1(ctx))
+    assert env["FLOWER_ENABLE_EVENTS"] == "false" and env["CELERY_TASK_EVENTS"] == "0"
 
 
 def test_broker_api_uses_a_rabbitmq_host_when_flower_host_has_none(inv):
@@ -454,3 +461,16 @@ def test_flower_url_and_dashboard_info_show_where_not_what(ctx):
     assert str(inv.state_dir / "secrets.yaml") in info
     assert "flower_admin_password" in info and "admin" in info
     assert pw not in info
+
+
+def test_with_task_events_off_a_restarted_flower_turns_the_workers_events_off(inv, tmp_path):
+    ctx = make_ctx(dataclasses.replace(inv, celery=dataclasses.replace(inv.celery, task_events=False)), tmp_path)
+    files = FL.wanted_files(ctx, node1(ctx))
+    plan = FL.flower_plan(ctx, node1(ctx), files, {"files": {}, "units": {}})
+    (change,) = [c for c in plan if getattr(c, "what", "").startswith("workers stop sending task events")]
+    assert change.commands[0].argv == (
+        "runuser", "-u", "flower", "--", "sh", "-c",
+        'set -a; . "$0"; set +a; exec "$1" -A "$2" control disable_events --timeout 2',
+        "/etc/celery-kit/flower.env", "/opt/celery-kit/current/venv/bin/celery", inv.celery.app)
+    on = FL.flower_plan(make_ctx(inv, tmp_path / "on"), node1(ctx), files, {"files": {}, "units": {}})
+    assert not [c for c in on if "task events" in getattr(c, "what", "")]
