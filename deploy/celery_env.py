@@ -45,15 +45,21 @@ def broker_start(inv, host=None, client: str | None = None) -> int:
     return zlib.crc32((client or "").encode())
 
 
-def result_backend_url(inv, password: str) -> str:
+def result_backend_url(inv, password: str, start: int = 0) -> str:
     """Celery logs in as the kit's `celery` ACL user (redis_model.py), on Redis and, with
     Sentinel, on the Sentinels too (celery_kit_config passes the URL's login to both)."""
     r = inv.redis
     login = f"{quote(RM.CELERY_USER, safe='')}:{quote(password, safe='')}"
     if inv.sentinel_hosts():
-        # Sentinel: every sentinel is asked where the master is (see celery_kit_config).
+        # Sentinel: the sentinels are asked in turn where the master is (see celery_kit_config),
+        # in an order of the client's own, like the broker URLs: with one list for everyone,
+        # every client's first question went to the same host, and when that host was gone
+        # each new connection waited out a connect timeout there first (lab: results stalled
+        # 20-50 s after the master's host stopped).
+        hosts = list(inv.sentinel_hosts())
+        start %= len(hosts)
         return ";".join(f"sentinel://{login}@{url_host(h.address)}:{r.sentinel_port}/{r.db}"
-                        for h in inv.sentinel_hosts())
+                        for h in hosts[start:] + hosts[:start])
     (host,) = inv.redis_hosts()
     return f"redis://{login}@{url_host(host.address)}:{r.port}/{r.db}"
 
@@ -64,7 +70,7 @@ def celery_env(inv, broker_password: str, redis_password: str, queue_mode: str =
     env = {
         "CELERY_CONFIG_MODULE": CONFIG_MODULE,
         "CELERY_BROKER_URL": ";".join(broker_urls(inv, broker_password, start)),
-        "CELERY_RESULT_BACKEND": result_backend_url(inv, redis_password),
+        "CELERY_RESULT_BACKEND": result_backend_url(inv, redis_password, start),
         "CELERY_TASK_SERIALIZER": c.serializer,
         "CELERY_RESULT_EXPIRES": str(c.result_expires),
         "CELERY_PREFETCH_MULTIPLIER": str(c.prefetch_multiplier),

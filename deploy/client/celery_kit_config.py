@@ -78,8 +78,10 @@ result_backend_max_retries = 30
 result_backend_base_sleep_between_retries_ms = 100
 result_backend_max_sleep_between_retries_ms = 3000
 redis_retry_on_timeout = True
-redis_socket_timeout = 10
-redis_socket_connect_timeout = 5
+# Short timeouts, for a LAN: a master whose host is gone answers nothing (no reset), and each
+# attempt waits them out before the retry that finds the promoted replica.
+redis_socket_timeout = 5
+redis_socket_connect_timeout = 2
 redis_socket_keepalive = True
 redis_backend_health_check_interval = 25
 
@@ -93,7 +95,7 @@ if result_backend.startswith("sentinel://"):
         "master_name": _env.get("CELERY_REDIS_MASTER", "celery-kit"),
         "sentinel_kwargs": {"username": unquote(_url.username or "") or None,
                             "password": unquote(_url.password or "") or None,
-                            "socket_timeout": 5, "socket_connect_timeout": 5},
+                            "socket_timeout": 2, "socket_connect_timeout": 1},
     }
 
 # Task events, for Flower's task list (inventory celery.task_events). Producers send no

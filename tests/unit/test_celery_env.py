@@ -27,6 +27,10 @@ def test_backend_url_logs_in_as_the_celery_acl_user():
     url = result_backend_url(SENTINEL, "p")
     assert url.split(";") == [f"sentinel://celery:p@192.0.2.1{i}:26380/0" for i in (1, 2, 3)]
     assert celery_env(SENTINEL, "a", "b")["CELERY_REDIS_MASTER"] == "results"
+    # Each client asks the Sentinels in an order of its own, like its broker URLs.
+    assert [u[-10:-8] for u in result_backend_url(SENTINEL, "p", 1).split(";")] == ["12", "13", "11"]
+    assert [u[-10:-8] for u in celery_env(SENTINEL, "a", "b", start=5)["CELERY_RESULT_BACKEND"].split(";")] == \
+        ["13", "11", "12"]
     # Quoted: a secret may hold / + = (secrets.SAFE).
     assert result_backend_url(INV, "a/b+c=") == "redis://celery:a%2Fb%2Bc%3D@192.0.2.11:6379/0"
 
