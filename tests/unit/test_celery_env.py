@@ -142,6 +142,64 @@ def test_quorum_workers_set_delayed_delivery_up_through_the_node_they_are_connec
     assert celery_kit_config._kit_consumer() is consumer           # built once
 
 
-def test_mirrored_workers_keep_celerys_consumer(monkeypatch):
+def test_every_worker_runs_the_kits_consumer(monkeypatch):
+    """On mirrored queues too: its event batching is not about queue types. Its delayed
+    delivery step is only included where Celery's would be (quorum queues)."""
     s = load_settings(monkeypatch, CELERY_QUEUE_TYPE="classic")
-    assert not hasattr(s, "worker_consumer")
+    assert s.worker_consumer == "celery_kit_config:KitConsumer"
+    from celery.worker.consumer.delayed_delivery import DelayedDelivery
+    from kombu.utils.imports import symbol_by_name
+    step = next(st for st in symbol_by_name(s.worker_consumer).Blueprint.default_steps if not isinstance(st, str))
+    assert issubclass(step, DelayedDelivery) and step.include_if is DelayedDelivery.include_if
+
+
+def kit_consumer(monkeypatch, **env):
+    s = load_settings(monkeypatch, **env)
+    from kombu.utils.imports import symbol_by_name
+    return s, object.__new__(symbol_by_name(s.worker_consumer))
+
+
+def test_task_events_connection_publishes_without_confirms(monkeypatch):
+    """Events are transient monitoring data: a confirm per flush only made the worker wait."""
+    s, c = kit_consumer(monkeypatch)
+    assert s.broker_transport_options == {"confirm_publish": True}     # tasks keep theirs
+    asked = []
+    c.app = type("App", (), {"connection_for_write": lambda self, **kw: asked.append(kw) or "conn"})()
+    c.ensure_connected = lambda conn: ("ensured", conn)
+    assert c.connection_for_write(heartbeat=30) == ("ensured", "conn")
+    assert asked == [{"url": None, "heartbeat": 30, "transport_options": {"confirm_publish": False}}]
+
+
+class Hub:
+    def __init__(self):
+        self.timers = []
+
+    def call_later(self, delay, fn):
+        self.timers.append((delay, fn))
+
+
+def test_task_events_are_flushed_in_batches_not_at_every_loop_turn(monkeypatch):
+    s, c = kit_consumer(monkeypatch)
+    c.hub, flushed = Hub(), []
+    c._flush_events = lambda: flushed.append(1)
+    for _ in range(5):                      # five events buffered: one timer
+        c.on_send_event_buffered()
+    assert [d for d, _ in c.hub.timers] == [s.EVENT_FLUSH_SECONDS] and flushed == []
+    c.hub.timers.pop()[1]()                 # the timer fires: one flush, and the next event arms anew
+    assert flushed == [1]
+    c.on_send_event_buffered()
+    assert [d for d, _ in c.hub.timers] == [s.EVENT_FLUSH_SECONDS] and s.EVENT_FLUSH_SECONDS <= 1
+
+
+def test_waiting_task_events_leave_before_the_consumer_shuts_down(monkeypatch):
+    from celery.worker.consumer import Consumer
+    s, c = kit_consumer(monkeypatch)
+    order = []
+    c._flush_events = lambda: order.append("flush")
+    monkeypatch.setattr(Consumer, "shutdown", lambda self: order.append("shutdown"))
+    c.shutdown()
+    assert order == ["flush", "shutdown"]
+    c._flush_events = lambda: (_ for _ in ()).throw(ConnectionError("broker gone"))
+    order.clear()
+    c.shutdown()                            # a failed flush never stops the shutdown
+    assert order == ["shutdown"]

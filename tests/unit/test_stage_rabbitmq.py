@@ -57,6 +57,15 @@ def test_changed_config_on_a_running_node_marks_it_for_a_rolling_restart():
     assert plan.output["restart"] is True
 
 
+def test_erlang_schedulers_sleep_instead_of_spinning_on_a_shared_host():
+    """RabbitMQ shares its hosts with workers and Redis: busy-waiting schedulers took their CPU."""
+    (env_file,) = [f for f in R.node_files(CTX, host("node2"), "3.10.8-1.1+deb12u2")
+                   if f.path == "/etc/rabbitmq/rabbitmq-env.conf"]
+    lines = env_file.content.decode().splitlines()
+    assert "NODENAME=rabbit@node2" in lines
+    assert 'SERVER_ADDITIONAL_ERL_ARGS="+sbwt none +sbwtdcpu none +sbwtdio none"' in lines
+
+
 def test_changed_config_on_a_stopped_node_needs_no_marker():
     facts = config_facts("node2", active=False, drift="/etc/rabbitmq/rabbitmq.conf")
     plan = R.Config().plan(CTX, host("node2"), facts, env(prepared={"version": None, "mode": "mirrored"}))
