@@ -170,11 +170,20 @@ def fresh_connections(app) -> None:
     app._pool = None                         # a closed pool cannot be used again: a new one
     app.amqp._producer_pool = None
     pools.reset()                            # kombu's own registry of producer pools too
-    try:
-        app.backend.client.close()
-        del app._local.backend
-    except AttributeError:
-        pass
+    old = getattr(app._local, "backend", None)
+    if old is None:
+        return
+    # The old backend's result consumer forgets its subscriptions and closes: an AsyncResult
+    # of the old settings, garbage-collected later, would otherwise unsubscribe through it,
+    # and once `rotate-secrets --finish` retired the old password, retry logging in with it
+    # (20 tries, a second apart) inside whatever the main thread was doing, e.g. a .get().
+    consumer = getattr(old, "result_consumer", None)
+    if consumer is not None:
+        consumer.subscribed_to.clear()
+        consumer.stop()
+        consumer._pubsub = None
+    old.client.close()
+    del app._local.backend
 
 
 @pytest.fixture(scope="session")
