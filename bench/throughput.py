@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from statistics import median
 
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
@@ -243,9 +244,10 @@ def one_round(inv, env: dict, n: int, p: int, mode: str) -> dict:
     return r
 
 
-def median(xs):
-    xs = sorted(xs)
-    return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
+def medians(tables: list[dict[str, float]]) -> dict[str, float]:
+    """Per key, the median over the rounds (a class missing from a round counts 0)."""
+    keys = {k for t in tables for k in t}
+    return {k: median([t.get(k, 0.0) for t in tables]) for k in keys}
 
 
 def main() -> None:
@@ -275,8 +277,8 @@ def main() -> None:
     celery_rate = median([r["celery_rate"] for r in rounds])
     kombu_rate = median([r["kombu_rate"] for r in rounds])
     ratio = median([r["ratio"] for r in rounds])
-    cpu = {k: median([r["cpu"].get(k, 0.0) for r in rounds]) for r in rounds for k in r["cpu"]}
-    kcpu = {k: median([r["kombu_cpu"].get(k, 0.0) for r in rounds]) for r in rounds for k in r["kombu_cpu"]}
+    cpu = medians([r["cpu"] for r in rounds])
+    kcpu = medians([r["kombu_cpu"] for r in rounds])
 
     print(f"celery: {celery_rate:.0f} tasks/s end to end (median of {len(rounds)})")
     print(f"kombu, same guarantees: {kombu_rate:.0f} msg/s")

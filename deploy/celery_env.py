@@ -22,6 +22,13 @@ def url_host(address: str) -> str:
         return address
 
 
+def rotated(items: list, start: int) -> list:
+    """`items` beginning at `start` (wrapped), so that clients with different starts spread
+    their first connections over different hosts."""
+    start %= max(1, len(items))
+    return items[start:] + items[:start]
+
+
 def broker_urls(inv, password: str, start: int = 0) -> list[str]:
     """One URL per RabbitMQ node, rotated to begin at node `start`: clients fail over to the
     next when one goes away, and clients with different starts spread over the nodes."""
@@ -29,9 +36,8 @@ def broker_urls(inv, password: str, start: int = 0) -> list[str]:
     vhost = quote(r.vhost, safe="")
     user = quote(r.app_user, safe="")
     pw = quote(password, safe="")
-    urls = [f"amqp://{user}:{pw}@{url_host(h.address)}:{r.amqp_port}/{vhost}" for h in inv.with_role("rabbitmq")]
-    start %= max(1, len(urls))
-    return urls[start:] + urls[:start]
+    return rotated([f"amqp://{user}:{pw}@{url_host(h.address)}:{r.amqp_port}/{vhost}"
+                    for h in inv.with_role("rabbitmq")], start)
 
 
 def broker_start(inv, host=None, client: str | None = None) -> int:
@@ -56,10 +62,8 @@ def result_backend_url(inv, password: str, start: int = 0) -> str:
         # every client's first question went to the same host, and when that host was gone
         # each new connection waited out a connect timeout there first (lab: results stalled
         # 20-50 s after the master's host stopped).
-        hosts = list(inv.sentinel_hosts())
-        start %= len(hosts)
         return ";".join(f"sentinel://{login}@{url_host(h.address)}:{r.sentinel_port}/{r.db}"
-                        for h in hosts[start:] + hosts[:start])
+                        for h in rotated(list(inv.sentinel_hosts()), start))
     (host,) = inv.redis_hosts()
     return f"redis://{login}@{url_host(host.address)}:{r.port}/{r.db}"
 
